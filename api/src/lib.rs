@@ -1,0 +1,83 @@
+//! The HTTP API: a thin layer that validates requests, records jobs with
+//! their outbox entries in one transaction, and answers from PostgreSQL.
+//! It never runs a job; workers do.
+
+pub mod error;
+mod extract;
+mod routes;
+mod views;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit};
+use cairn_shared::{Config, outbox::Nudge, queue::Broker};
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+/// Largest request body accepted; Trove's bodies are a few hundred bytes.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: DatabaseConnection,
+    /// Directories volume instances may live in.
+    pub volume_roots: Vec<PathBuf>,
+    /// Where restores go when no path is given.
+    pub default_volume_dir: PathBuf,
+    /// Wakes the outbox relay after a commit.
+    pub nudge: Nudge,
+}
+
+/// The API's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    routes::routes().layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(TraceLayer::new_for_http()).with_state(state)
+}
+
+/// A running API: its address and the task serving it.
+pub struct Application {
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    /// Connects, migrates, binds `config.listen` and starts serving and
+    /// relaying the outbox until `shutdown` fires.
+    pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let db = cairn_shared::db::connect_and_migrate(&config.database_url).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let nudge = Nudge::default();
+        let broker = Broker::new(&config.amqp_url, &config.queue_prefix);
+        let relay = tokio::spawn(cairn_shared::outbox::run_relay(db.clone(), broker, nudge.clone(), shutdown.clone()));
+        let state = AppState {
+            db,
+            volume_roots: config.volume_roots.clone(),
+            default_volume_dir: config.default_volume_dir(),
+            nudge,
+        };
+        let app = router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("HTTP server failed")
+        });
+        tracing::info!(%addr, "cairn-api listening");
+        Ok(Self { addr, server, relay })
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("HTTP server task panicked")?;
+        let _ = self.relay.await;
+        served
+    }
+}

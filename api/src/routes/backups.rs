@@ -1,0 +1,291 @@
+//! `/backups`: create (enqueue), list, show, delete.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use cairn_shared::{
+    entities::{backup, instance},
+    lifecycle, outbox,
+    status::{BackupStatus, InstanceStatus, JobKind},
+};
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{BaseUrl, Project, parse_id, valid_description, valid_name};
+use crate::{
+    AppState,
+    error::{ApiError, ApiResult},
+    extract::JsonBody,
+    views,
+};
+
+#[derive(Deserialize)]
+pub struct CreateBody {
+    backup: CreateBackup,
+}
+
+#[derive(Deserialize)]
+struct CreateBackup {
+    name: String,
+    instance: String,
+    #[serde(default)]
+    parent_id: Option<String>,
+    #[serde(default)]
+    incremental: Option<Flag>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// Trove's `incremental` is 0/1; accept booleans too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Flag {
+    Int(u8),
+    Bool(bool),
+}
+
+impl Flag {
+    fn is_set(&self) -> Result<bool, ApiError> {
+        match self {
+            Self::Int(0) | Self::Bool(false) => Ok(false),
+            Self::Int(1) | Self::Bool(true) => Ok(true),
+            Self::Int(n) => Err(ApiError::BadRequest(format!("incremental must be 0 or 1, not {n}"))),
+        }
+    }
+}
+
+/// Finds an instance of `project` that has not been deleted.
+pub(super) async fn find_instance<C: ConnectionTrait>(db: &C, project: &str, id: Uuid) -> ApiResult<instance::Model> {
+    instance::Entity::find_by_id(id)
+        .filter(instance::Column::ProjectId.eq(project))
+        .filter(instance::Column::Deleted.eq(false))
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Instance {id} could not be found")))
+}
+
+async fn find_backup<C: ConnectionTrait>(db: &C, project: &str, id: Uuid) -> ApiResult<backup::Model> {
+    backup::Entity::find_by_id(id)
+        .filter(backup::Column::ProjectId.eq(project))
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Backup {id} could not be found")))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Project(project): Project,
+    JsonBody(CreateBody { backup: req }): JsonBody<CreateBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = valid_name("backup name", &req.name)?;
+    let description = valid_description(req.description)?;
+    let incremental = req.incremental.as_ref().map(Flag::is_set).transpose()?.unwrap_or(false);
+    let instance_id = parse_id("Instance", &req.instance)?;
+    let parent_id = match req.parent_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<Uuid>().map_err(|_| {
+            ApiError::Unprocessable(format!("parent backup {raw} is not a backup of instance {instance_id}"))
+        })?),
+    };
+
+    let txn = state.db.begin().await?;
+    let inst = find_instance(&txn, &project, instance_id).await?;
+    if InstanceStatus::parse(&inst.status) != Some(InstanceStatus::Active) {
+        return Err(ApiError::Unprocessable(format!(
+            "instance {instance_id} is {}; only ACTIVE instances can be backed up",
+            inst.status
+        )));
+    }
+    let parent = match parent_id {
+        Some(pid) => {
+            // FOR SHARE: a concurrent delete of the parent either finishes
+            // first (and we see DELETING) or waits for this insert.
+            let parent = backup::Entity::find_by_id(pid)
+                .filter(backup::Column::ProjectId.eq(&project))
+                .filter(backup::Column::InstanceId.eq(instance_id))
+                .lock_shared()
+                .one(&txn)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::Unprocessable(format!("parent backup {pid} is not a backup of instance {instance_id}"))
+                })?;
+            match BackupStatus::parse(&parent.status) {
+                Some(BackupStatus::New | BackupStatus::Building | BackupStatus::Saving | BackupStatus::Completed) => {}
+                Some(status) => {
+                    return Err(ApiError::Unprocessable(format!(
+                        "parent backup {pid} is {status} and cannot be built upon"
+                    )));
+                }
+                None => return Err(anyhow::anyhow!("backup {pid} has unknown status {}", parent.status).into()),
+            }
+            Some(parent)
+        }
+        None if incremental => {
+            backup::Entity::find()
+                .filter(backup::Column::InstanceId.eq(instance_id))
+                .filter(backup::Column::Status.eq(BackupStatus::Completed.as_str()))
+                .order_by_desc(backup::Column::Created)
+                .lock_shared()
+                .one(&txn)
+                .await?
+        }
+        None => None,
+    };
+
+    let now = Utc::now();
+    let row = backup::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        project_id: Set(project),
+        instance_id: Set(instance_id),
+        parent_id: Set(parent.map(|p| p.id)),
+        name: Set(name),
+        description: Set(description),
+        status: Set(BackupStatus::New.as_str().into()),
+        datastore_type: Set(inst.datastore_type.clone()),
+        datastore_version: Set(inst.datastore_version.clone()),
+        bytes: Set(None),
+        checksum: Set(None),
+        location_ref: Set(None),
+        artifact_prefix: Set(None),
+        progress_done: Set(None),
+        progress_total: Set(None),
+        fail_reason: Set(None),
+        lease_owner: Set(None),
+        lease_expires: Set(None),
+        attempts: Set(0),
+        created: Set(now),
+        updated: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    outbox::enqueue(&txn, JobKind::Backup, row.id).await?;
+    txn.commit().await?;
+    state.nudge.wake();
+    tracing::info!(backup_id = %row.id, instance_id = %row.instance_id, parent_id = ?row.parent_id, "backup accepted");
+    Ok((StatusCode::ACCEPTED, Json(json!({ "backup": views::backup(&row) }))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    instance_id: Option<String>,
+    datastore: Option<String>,
+    limit: Option<String>,
+    marker: Option<String>,
+}
+
+const DEFAULT_LIMIT: u64 = 20;
+const MAX_LIMIT: u64 = 1000;
+
+async fn list_page(
+    state: &AppState,
+    project: &str,
+    base: &str,
+    path: &str,
+    instance: Option<Uuid>,
+    q: &ListQuery,
+) -> ApiResult<Json<Value>> {
+    let limit = match q.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}")))?,
+    };
+    let mut query = backup::Entity::find().filter(backup::Column::ProjectId.eq(project));
+    if let Some(id) = instance {
+        query = query.filter(backup::Column::InstanceId.eq(id));
+    }
+    if let Some(ds) = q.datastore.as_deref().filter(|d| !d.is_empty()) {
+        query = query.filter(backup::Column::DatastoreType.eq(ds));
+    }
+    if let Some(raw) = q.marker.as_deref().filter(|m| !m.is_empty()) {
+        let marker = raw.parse::<Uuid>().ok();
+        let marker = match marker {
+            Some(id) => find_backup(&state.db, project, id).await.ok(),
+            None => None,
+        }
+        .ok_or_else(|| ApiError::BadRequest(format!("marker {raw} is not a backup of this project")))?;
+        query = query.filter(Condition::any().add(backup::Column::Created.lt(marker.created)).add(
+            Condition::all().add(backup::Column::Created.eq(marker.created)).add(backup::Column::Id.lt(marker.id)),
+        ));
+    }
+    let mut rows = query
+        .order_by_desc(backup::Column::Created)
+        .order_by_desc(backup::Column::Id)
+        .limit(limit + 1)
+        .all(&state.db)
+        .await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let mut body = json!({ "backups": rows.iter().map(views::backup).collect::<Vec<_>>() });
+    if more && let Some(last) = rows.last() {
+        let mut href = format!("{base}{path}?limit={limit}&marker={}", last.id);
+        if let Some(ds) = q.datastore.as_deref().filter(|d| !d.is_empty()) {
+            href.push_str(&format!("&datastore={ds}"));
+        }
+        if let (Some(id), "/backups") = (instance, path) {
+            href.push_str(&format!("&instance_id={id}"));
+        }
+        body["links"] = json!([{ "rel": "next", "href": href }]);
+    }
+    Ok(Json(body))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Project(project): Project,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let instance = match q.instance_id.as_deref().filter(|i| !i.is_empty()) {
+        Some(raw) => Some(find_instance(&state.db, &project, parse_id("Instance", raw)?).await?.id),
+        None => None,
+    };
+    list_page(&state, &project, &base, "/backups", instance, &q).await
+}
+
+pub async fn list_of_instance(
+    State(state): State<AppState>,
+    Project(project): Project,
+    BaseUrl(base): BaseUrl,
+    Path((_, instance_id)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let inst = find_instance(&state.db, &project, parse_id("Instance", &instance_id)?).await?;
+    let path = format!("/instances/{}/backups", inst.id);
+    list_page(&state, &project, &base, &path, Some(inst.id), &q).await
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Project(project): Project,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let b = find_backup(&state.db, &project, parse_id("Backup", &id)?).await?;
+    Ok(Json(json!({ "backup": views::backup(&b) })))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Project(project): Project,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id("Backup", &id)?;
+    let txn = state.db.begin().await?;
+    find_backup(&txn, &project, id).await?;
+    let ids =
+        lifecycle::begin_delete(&txn, id).await?.map_err(|refused| ApiError::Unprocessable(refused.to_string()))?;
+    txn.commit().await?;
+    state.nudge.wake();
+    tracing::info!(backup_id = %id, backups = ids.len(), "delete accepted");
+    Ok(StatusCode::ACCEPTED)
+}

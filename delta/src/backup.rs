@@ -1,0 +1,704 @@
+//! Backing up a directory tree.
+//!
+//! Why it works this way:
+//! - A cheap metadata-only walk comes first: it yields the progress total
+//!   before any data is read and lets entries be processed in manifest
+//!   (byte-sorted path) order, which is also what makes "the first link of a
+//!   hard-linked inode" well defined.
+//! - Each file is read once, block by block, with one buffer of
+//!   `block_size` plus one run buffer of at most [`RUN_BYTES`]: memory does
+//!   not depend on file sizes. The whole-file BLAKE3 is computed from the same
+//!   reads, so it describes exactly the bytes whose blocks were stored.
+//! - Changed blocks are grouped into runs of consecutive blocks and each run
+//!   is one zstd frame: bigger frames compress better and mean fewer ranges
+//!   to fetch at restore, while the cap keeps restore memory bounded.
+//! - Packs are written to the caller's staging directory with `create_new`;
+//!   on failure the packs written so far are removed, so a failed attempt
+//!   leaves nothing that could be mistaken for a usable backup.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::DeltaError;
+use crate::manifest::*;
+use crate::{
+    BackupOptions, FORMAT_VERSION, LinkIds, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Progress, codec,
+};
+
+/// Upper bound of the raw bytes in one stored run (one zstd frame).
+pub const RUN_BYTES: usize = 1 << 20;
+/// Files whose ctime is this close to the moment they are read are recorded
+/// as "racy" so the next backup re-reads them (timestamps have a granularity
+/// and a same-tick modification would otherwise go unnoticed).
+const RACY_WINDOW: Duration = Duration::from_secs(1);
+const PROGRESS_EVERY: u64 = 4 << 20;
+
+/// A pack written into the staging directory, to be uploaded by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPack {
+    /// Object name relative to the backup, e.g. `pack-00000`.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// BLAKE3 hex of the pack's bytes.
+    pub blake3: String,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupStats {
+    /// Regular files whose content was read.
+    pub files_read: u64,
+    /// Regular files referenced from the parent without being read.
+    pub files_referenced: u64,
+    /// Blocks stored with data (zstd or raw).
+    pub blocks_stored: u64,
+    /// Changed blocks that are all zero (recorded, no bytes stored).
+    pub zero_blocks: u64,
+    /// Blocks read that equal the parent's block at the same index.
+    pub blocks_unchanged: u64,
+    /// Bytes of file content read.
+    pub bytes_read: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hard_links: u64,
+    /// Fifos, sockets and devices: not backed up.
+    pub skipped_special: Vec<String>,
+    /// Entries that disappeared (or changed type) while being backed up.
+    pub vanished: Vec<String>,
+}
+
+/// Result of [`backup_tree`].
+#[derive(Debug, Clone)]
+pub struct BackupOutput {
+    pub manifest: Manifest,
+    /// The encoded manifest, as it must be stored.
+    pub manifest_bytes: Vec<u8>,
+    /// BLAKE3 hex of `manifest_bytes`; children name their parent by it.
+    pub checksum: String,
+    pub packs: Vec<StagedPack>,
+    /// Sum of pack sizes plus the manifest's size.
+    pub stored_bytes: u64,
+    pub stats: BackupStats,
+}
+
+/// Back up `source` (full if `parent` is `None`, else incremental against the
+/// parent manifest and its checksum), writing packs into `staging_dir`.
+pub fn backup_tree(
+    source: &Path,
+    parent: Option<(&Manifest, &str)>,
+    ids: LinkIds,
+    opts: &BackupOptions,
+    staging_dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BackupOutput, DeltaError> {
+    check_options(opts)?;
+    let block_size = match parent {
+        None => opts.block_size,
+        Some((p, sum)) => {
+            check_parent(p, sum, ids)?;
+            p.header.block_size
+        }
+    };
+    let mut packs = PackWriter {
+        dir: staging_dir,
+        target: opts.pack_target_size,
+        cur: None,
+        done: Vec::new(),
+    };
+    let mut b = Backup {
+        parent: parent.map(|(m, _)| m),
+        block_size,
+        packs: &mut packs,
+        stats: BackupStats::default(),
+        compressor: zstd::bulk::Compressor::new(opts.zstd_level)
+            .map_err(|e| DeltaError::InvalidOptions(format!("zstd level {}: {e}", opts.zstd_level)))?,
+        zero_hash: block_hash(&vec![0u8; block_size as usize]),
+        done: 0,
+        total: 0,
+        last_report: 0,
+        progress,
+    };
+    let entries = match b.run(source) {
+        Ok(e) => e,
+        Err(e) => {
+            packs.abort();
+            return Err(e);
+        }
+    };
+    let stats = std::mem::take(&mut b.stats);
+    let staged = packs.finish()?;
+    let manifest = Manifest {
+        header: Header {
+            format_version: FORMAT_VERSION,
+            backup_id: ids.backup_id,
+            instance_id: ids.instance_id,
+            parent: parent.map(|(p, sum)| ParentRef {
+                backup_id: p.header.backup_id,
+                checksum: sum.to_ascii_lowercase(),
+            }),
+            block_size,
+            packs: staged
+                .iter()
+                .map(|p| PackRef {
+                    name: p.name.clone(),
+                    size: p.size,
+                    blake3: p.blake3.clone(),
+                })
+                .collect(),
+        },
+        entries,
+    };
+    if let Err(e) = codec::validate(&manifest) {
+        remove_all(&staged);
+        return Err(e);
+    }
+    let manifest_bytes = codec::encode_manifest(&manifest);
+    let checksum = checksum(&manifest_bytes);
+    let stored_bytes = staged.iter().map(|p| p.size).sum::<u64>() + manifest_bytes.len() as u64;
+    Ok(BackupOutput {
+        manifest,
+        manifest_bytes,
+        checksum,
+        packs: staged,
+        stored_bytes,
+        stats,
+    })
+}
+
+fn check_options(o: &BackupOptions) -> Result<(), DeltaError> {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size) || !o.block_size.is_power_of_two()
+    {
+        return Err(DeltaError::InvalidOptions(format!(
+            "block_size {} must be a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}",
+            o.block_size
+        )));
+    }
+    if o.pack_target_size == 0 {
+        return Err(DeltaError::InvalidOptions(
+            "pack_target_size must be positive".into(),
+        ));
+    }
+    if !zstd::compression_level_range().contains(&o.zstd_level) {
+        return Err(DeltaError::InvalidOptions(format!(
+            "zstd_level {} out of range {:?}",
+            o.zstd_level,
+            zstd::compression_level_range()
+        )));
+    }
+    Ok(())
+}
+
+fn check_parent(p: &Manifest, sum: &str, ids: LinkIds) -> Result<(), DeltaError> {
+    let fail = |reason: String| DeltaError::Parent {
+        backup_id: p.header.backup_id,
+        reason,
+    };
+    if p.header.instance_id != ids.instance_id {
+        return Err(fail(format!(
+            "belongs to instance {}, not {}",
+            p.header.instance_id, ids.instance_id
+        )));
+    }
+    if p.header.backup_id == ids.backup_id {
+        return Err(fail("has the id of the backup being made".into()));
+    }
+    if !is_hex64(&sum.to_ascii_lowercase()) {
+        return Err(fail(format!("checksum {sum:?} is not 64 hex digits")));
+    }
+    codec::validate(p).map_err(|e| fail(e.to_string()))
+}
+
+struct Item {
+    path: String,
+    meta: fs::Metadata,
+}
+
+struct Backup<'a, 'p> {
+    parent: Option<&'a Manifest>,
+    block_size: u32,
+    packs: &'a mut PackWriter<'p>,
+    stats: BackupStats,
+    compressor: zstd::bulk::Compressor<'static>,
+    zero_hash: BlockHash,
+    done: u64,
+    total: u64,
+    last_report: u64,
+    progress: &'a mut dyn FnMut(Progress),
+}
+
+impl Backup<'_, '_> {
+    fn run(&mut self, source: &Path) -> Result<Vec<Entry>, DeltaError> {
+        let items = self.walk(source)?;
+        (self.progress)(Progress {
+            done_bytes: 0,
+            total_bytes: self.total,
+        });
+        let mut entries = Vec::with_capacity(items.len());
+        let mut first_links: HashMap<(u64, u64), String> = HashMap::new();
+        for item in items {
+            let full = if item.path.is_empty() {
+                source.to_path_buf()
+            } else {
+                source.join(&item.path)
+            };
+            let m = &item.meta;
+            let ft = m.file_type();
+            let base = |kind| Entry {
+                path: item.path.clone(),
+                kind,
+                mode: m.mode() & 0o7777,
+                mtime: mtime_of(m),
+                uid: m.uid(),
+                gid: m.gid(),
+            };
+            if ft.is_dir() {
+                self.stats.dirs += 1;
+                entries.push(base(EntryKind::Dir));
+            } else if ft.is_symlink() {
+                let target = match fs::read_link(&full) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.stats.vanished.push(item.path);
+                        continue;
+                    }
+                    Err(e) => return Err(DeltaError::io(full, "reading symlink", e)),
+                };
+                let Some(target) = target.to_str().map(str::to_string) else {
+                    return Err(DeltaError::UnsupportedPath {
+                        path: full,
+                        reason: "symlink target is not valid UTF-8".into(),
+                    });
+                };
+                self.stats.symlinks += 1;
+                entries.push(base(EntryKind::Symlink { target }));
+            } else if ft.is_file() {
+                let key = (m.dev(), m.ino());
+                if m.nlink() > 1
+                    && let Some(first) = first_links.get(&key)
+                {
+                    self.stats.hard_links += 1;
+                    entries.push(base(EntryKind::HardLink { to: first.clone() }));
+                    continue;
+                }
+                match self.file(&full, &item.path, m)? {
+                    Some(e) => {
+                        if m.nlink() > 1 {
+                            first_links.insert(key, item.path.clone());
+                        }
+                        entries.push(e);
+                    }
+                    None => self.stats.vanished.push(item.path),
+                }
+            } else {
+                // fifo, socket, block or character device
+                self.stats.skipped_special.push(item.path);
+            }
+        }
+        self.report(true);
+        Ok(entries)
+    }
+
+    /// Metadata-only walk; returns items sorted by path, root (`""`) first.
+    fn walk(&mut self, source: &Path) -> Result<Vec<Item>, DeltaError> {
+        let root_meta =
+            fs::metadata(source).map_err(|e| DeltaError::io(source, "reading metadata", e))?;
+        if !root_meta.is_dir() {
+            return Err(DeltaError::UnsupportedPath {
+                path: source.to_path_buf(),
+                reason: "backup source is not a directory".into(),
+            });
+        }
+        let mut items = vec![Item {
+            path: String::new(),
+            meta: root_meta,
+        }];
+        let mut seen_inodes = std::collections::HashSet::new();
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.is_empty() {
+                source.to_path_buf()
+            } else {
+                source.join(&rel)
+            };
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.is_empty() => continue,
+                Err(e) => return Err(DeltaError::io(dir, "listing directory", e)),
+            };
+            for de in rd {
+                let de = de.map_err(|e| DeltaError::io(&dir, "listing directory", e))?;
+                let name = de.file_name();
+                let Some(name) = name.to_str() else {
+                    return Err(DeltaError::UnsupportedPath {
+                        path: de.path(),
+                        reason: "file name is not valid UTF-8".into(),
+                    });
+                };
+                let path = if rel.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = match fs::symlink_metadata(de.path()) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.stats.vanished.push(path);
+                        continue;
+                    }
+                    Err(e) => return Err(DeltaError::io(de.path(), "reading metadata", e)),
+                };
+                if meta.is_dir() {
+                    stack.push(path.clone());
+                } else if meta.is_file() && seen_inodes.insert((meta.dev(), meta.ino())) {
+                    self.total += meta.len();
+                }
+                items.push(Item { path, meta });
+            }
+        }
+        items.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok(items)
+    }
+
+    fn report(&mut self, force: bool) {
+        if force || self.done >= self.last_report + PROGRESS_EVERY {
+            self.last_report = self.done;
+            (self.progress)(Progress {
+                done_bytes: self.done,
+                total_bytes: self.total.max(self.done),
+            });
+        }
+    }
+
+    /// Back up one regular file; `None` if it vanished.
+    fn file(
+        &mut self,
+        full: &Path,
+        rel: &str,
+        walk_meta: &fs::Metadata,
+    ) -> Result<Option<Entry>, DeltaError> {
+        let parent = self.parent.and_then(|p| resolve_with_entry(p, rel));
+        if let Some((pe, pf)) = parent
+            && pf.size == walk_meta.len()
+            && pf.inode == walk_meta.ino()
+            && pe.mtime == mtime_of(walk_meta)
+            && pf.ctime == ctime_of(walk_meta)
+        {
+            self.stats.files_referenced += 1;
+            self.done += pf.size;
+            self.report(false);
+            return Ok(Some(Entry {
+                path: rel.to_string(),
+                kind: EntryKind::File(FileEntry {
+                    size: pf.size,
+                    inode: pf.inode,
+                    ctime: pf.ctime,
+                    blake3: pf.blake3,
+                    block_hashes: pf.block_hashes.clone(),
+                    content: FileContent::Unchanged,
+                }),
+                mode: walk_meta.mode() & 0o7777,
+                mtime: pe.mtime,
+                uid: walk_meta.uid(),
+                gid: walk_meta.gid(),
+            }));
+        }
+        let parent = parent.map(|(_, f)| f);
+
+        let read_start = SystemTime::now();
+        let mut file = match File::open(full) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DeltaError::io(full, "opening", e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| DeltaError::io(full, "reading metadata", e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let bs = self.block_size as usize;
+        let mut buf = vec![0u8; bs];
+        let mut whole = blake3::Hasher::new();
+        let mut hashes: Vec<BlockHash> = Vec::new();
+        let mut runs: Vec<BlockRun> = Vec::new();
+        let mut run = RunBuf::default();
+        let mut size = 0u64;
+        let mut index = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(|e| DeltaError::io(full, "reading", e))?;
+            if n == 0 {
+                break;
+            }
+            let data = &buf[..n];
+            whole.update(data);
+            let zero = is_zero(data);
+            let h = if zero && n == bs {
+                self.zero_hash
+            } else {
+                block_hash(data)
+            };
+            hashes.push(h);
+            size += n as u64;
+            self.stats.bytes_read += n as u64;
+            self.done += n as u64;
+            let same = parent.and_then(|p| p.block_hashes.get(index as usize)) == Some(&h);
+            if same {
+                self.stats.blocks_unchanged += 1;
+                self.flush(&mut run, &mut runs, full)?;
+            } else {
+                if run.count > 0 && (run.zero != zero || run.data.len() + bs > RUN_BYTES) {
+                    self.flush(&mut run, &mut runs, full)?;
+                }
+                if run.count == 0 {
+                    run.first = index;
+                    run.zero = zero;
+                }
+                run.count += 1;
+                if zero {
+                    run.zero_len += n as u64;
+                    self.stats.zero_blocks += 1;
+                } else {
+                    run.data.extend_from_slice(data);
+                    self.stats.blocks_stored += 1;
+                }
+            }
+            index += 1;
+            self.report(false);
+            if n < bs {
+                break;
+            }
+        }
+        self.flush(&mut run, &mut runs, full)?;
+        self.stats.files_read += 1;
+        let content = match parent {
+            Some(p) if runs.is_empty() && p.block_hashes.len() == hashes.len() => {
+                FileContent::Unchanged
+            }
+            _ => FileContent::Stored(runs),
+        };
+        let mut ctime = ctime_of(&meta);
+        let racy_from = read_start
+            .checked_sub(RACY_WINDOW)
+            .unwrap_or(UNIX_EPOCH)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| (d.as_secs() as i64, d.subsec_nanos()))
+            .unwrap_or((0, 0));
+        if (ctime.sec, ctime.nsec) >= racy_from {
+            ctime = Timestamp { sec: 0, nsec: 0 };
+        }
+        Ok(Some(Entry {
+            path: rel.to_string(),
+            kind: EntryKind::File(FileEntry {
+                size,
+                inode: meta.ino(),
+                ctime,
+                blake3: *whole.finalize().as_bytes(),
+                block_hashes: hashes,
+                content,
+            }),
+            mode: meta.mode() & 0o7777,
+            mtime: mtime_of(&meta),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }))
+    }
+
+    fn flush(
+        &mut self,
+        run: &mut RunBuf,
+        runs: &mut Vec<BlockRun>,
+        full: &Path,
+    ) -> Result<(), DeltaError> {
+        if run.count == 0 {
+            return Ok(());
+        }
+        if run.zero {
+            runs.push(BlockRun {
+                first_block: run.first,
+                count: run.count,
+                pack: 0,
+                offset: 0,
+                stored_len: 0,
+                raw_len: run.zero_len,
+                compression: Compression::Zero,
+            });
+        } else {
+            let compressed = self
+                .compressor
+                .compress(&run.data)
+                .map_err(|e| DeltaError::io(full, "compressing", e))?;
+            let (bytes, compression) = if compressed.len() < run.data.len() {
+                (&compressed[..], Compression::Zstd)
+            } else {
+                (&run.data[..], Compression::Raw)
+            };
+            let (pack, offset) = self.packs.append(bytes)?;
+            runs.push(BlockRun {
+                first_block: run.first,
+                count: run.count,
+                pack,
+                offset,
+                stored_len: bytes.len() as u64,
+                raw_len: run.data.len() as u64,
+                compression,
+            });
+        }
+        run.count = 0;
+        run.zero_len = 0;
+        run.data.clear();
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct RunBuf {
+    first: u64,
+    count: u64,
+    zero: bool,
+    zero_len: u64,
+    data: Vec<u8>,
+}
+
+/// The parent's file at `path` and the entry carrying its metadata,
+/// following one hard-link hop (same rule as the restore).
+pub(crate) fn resolve_with_entry<'m>(m: &'m Manifest, path: &str) -> Option<(&'m Entry, &'m FileEntry)> {
+    let e = m.find(path)?;
+    let e = match &e.kind {
+        EntryKind::HardLink { to } => m.find(to)?,
+        _ => e,
+    };
+    match &e.kind {
+        EntryKind::File(f) => Some((e, f)),
+        _ => None,
+    }
+}
+
+fn mtime_of(m: &fs::Metadata) -> Timestamp {
+    Timestamp {
+        sec: m.mtime(),
+        nsec: m.mtime_nsec() as u32,
+    }
+}
+
+fn ctime_of(m: &fs::Metadata) -> Timestamp {
+    Timestamp {
+        sec: m.ctime(),
+        nsec: m.ctime_nsec() as u32,
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    let (chunks, rest) = data.split_at(data.len() & !7);
+    chunks
+        .chunks_exact(8)
+        .all(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")) == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+struct OpenPack {
+    name: String,
+    path: PathBuf,
+    file: BufWriter<File>,
+    size: u64,
+    hasher: blake3::Hasher,
+}
+
+struct PackWriter<'a> {
+    dir: &'a Path,
+    target: u64,
+    cur: Option<OpenPack>,
+    done: Vec<StagedPack>,
+}
+
+impl PackWriter<'_> {
+    /// Append one frame; returns (pack index, offset).
+    fn append(&mut self, data: &[u8]) -> Result<(u32, u64), DeltaError> {
+        if self.cur.as_ref().is_some_and(|c| c.size >= self.target) {
+            self.close_current()?;
+        }
+        if self.cur.is_none() {
+            let name = format!("pack-{:05}", self.done.len());
+            let path = self.dir.join(&name);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| DeltaError::io(&path, "creating pack", e))?;
+            self.cur = Some(OpenPack {
+                name,
+                path,
+                file: BufWriter::with_capacity(1 << 20, file),
+                size: 0,
+                hasher: blake3::Hasher::new(),
+            });
+        }
+        let idx = self.done.len() as u32;
+        let c = self.cur.as_mut().expect("just opened");
+        c.file
+            .write_all(data)
+            .map_err(|e| DeltaError::io(&c.path, "writing pack", e))?;
+        c.hasher.update(data);
+        let offset = c.size;
+        c.size += data.len() as u64;
+        Ok((idx, offset))
+    }
+
+    fn close_current(&mut self) -> Result<(), DeltaError> {
+        if let Some(c) = self.cur.take() {
+            let path = c.path.clone();
+            let file = c
+                .file
+                .into_inner()
+                .map_err(|e| DeltaError::io(&path, "writing pack", e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| DeltaError::io(&path, "syncing pack", e))?;
+            self.done.push(StagedPack {
+                name: c.name,
+                path: c.path,
+                size: c.size,
+                blake3: c.hasher.finalize().to_hex().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Vec<StagedPack>, DeltaError> {
+        if let Err(e) = self.close_current() {
+            self.abort();
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    fn abort(&mut self) {
+        if let Some(c) = self.cur.take() {
+            let _ = fs::remove_file(&c.path);
+        }
+        remove_all(&self.done);
+        self.done.clear();
+    }
+}
+
+fn remove_all(packs: &[StagedPack]) {
+    for p in packs {
+        let _ = fs::remove_file(&p.path);
+    }
+}

@@ -1,0 +1,238 @@
+//! The in-memory manifest.
+//!
+//! Why it looks like this:
+//! - Every backup lists *every* entry, not only the changed ones, so the last
+//!   manifest of a chain alone says what the restored tree must be (paths,
+//!   kinds, metadata, sizes, content hashes); older links are only consulted
+//!   for where bytes live.
+//! - Per file we keep the hash of every block. That is what lets the next
+//!   backup find changed blocks without reading the parent's data, and lets a
+//!   restore check each block as it is read. 16 bytes of BLAKE3 per block is
+//!   collision-safe for this use and keeps a 10 GiB tree's manifest ~10 MiB.
+//! - What a backup *stores* for a file is separate from what the file *is*:
+//!   `Unchanged`, or runs of consecutive changed blocks. Blocks of a file not
+//!   covered by a run are, by definition, equal to the parent's block at the
+//!   same index; sizes make growth and truncation explicit.
+//! - Entries are sorted by path (byte order). A path's ancestors are proper
+//!   prefixes, so they sort before it: a restore that walks the list in order
+//!   creates parents before children and never needs to look ahead.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Compact per-block hash: the first 16 bytes of the block's BLAKE3.
+pub type BlockHash = [u8; 16];
+
+/// Seconds and nanoseconds since the Unix epoch (nanosecond precision is kept
+/// because databases and `make`-like tools care about it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// Identifies the parent of an incremental backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentRef {
+    pub backup_id: Uuid,
+    /// BLAKE3 (hex) of the parent's encoded manifest.
+    pub checksum: String,
+}
+
+/// A pack object written by this backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackRef {
+    pub name: String,
+    pub size: u64,
+    /// BLAKE3 (hex) of the whole pack.
+    pub blake3: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Header {
+    pub format_version: u32,
+    pub backup_id: Uuid,
+    pub instance_id: Uuid,
+    pub parent: Option<ParentRef>,
+    /// Fixed for a whole chain (set by its root).
+    pub block_size: u32,
+    /// Packs of this backup; [`BlockRun::pack`] indexes this list.
+    pub packs: Vec<PackRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    pub header: Header,
+    /// Sorted by path, unique; the first entry is the root directory (`""`).
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Relative, `/`-separated; `""` is the backed-up directory itself.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits of `st_mode` including setuid/setgid/sticky (`& 0o7777`).
+    pub mode: u32,
+    pub mtime: Timestamp,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum EntryKind {
+    Dir,
+    File(FileEntry),
+    Symlink { target: String },
+    /// Same inode as the `File` entry at `to`, which sorts earlier.
+    HardLink { to: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileEntry {
+    pub size: u64,
+    /// For change detection only (with size, mtime and ctime).
+    pub inode: u64,
+    /// For change detection only; never restored. `{0, 0}` marks a file that
+    /// was modified too close to when it was read for its timestamps to be
+    /// trusted, which forces the next backup to read it.
+    pub ctime: Timestamp,
+    /// BLAKE3 of the whole content as of this backup.
+    pub blake3: [u8; 32],
+    /// One per block: `ceil(size / block_size)` entries.
+    pub block_hashes: Vec<BlockHash>,
+    pub content: FileContent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum FileContent {
+    /// Content identical to the parent's file at the same path (every block,
+    /// same size); nothing stored.
+    Unchanged,
+    /// Blocks stored by this backup, sorted and non-overlapping. Blocks not
+    /// covered equal the parent's block at the same index.
+    Stored(Vec<BlockRun>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Compression {
+    /// One independently decodable zstd frame.
+    Zstd,
+    /// Stored as is (compression did not shrink it).
+    Raw,
+    /// All bytes zero; nothing stored, a restore leaves a hole.
+    Zero,
+}
+
+/// Consecutive blocks of one file stored together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BlockRun {
+    pub first_block: u64,
+    pub count: u64,
+    /// Index into [`Header::packs`] (0 and meaningless for `Zero`).
+    pub pack: u32,
+    /// Byte offset in the pack (0 for `Zero`).
+    pub offset: u64,
+    /// Bytes in the pack (0 for `Zero`, `raw_len` for `Raw`).
+    pub stored_len: u64,
+    /// Bytes of file content covered (the last block may be partial).
+    pub raw_len: u64,
+    pub compression: Compression,
+}
+
+impl BlockRun {
+    pub fn end_block(&self) -> u64 {
+        self.first_block + self.count
+    }
+}
+
+impl FileEntry {
+    pub fn blake3_hex(&self) -> String {
+        hex(&self.blake3)
+    }
+
+    /// Blocks this backup stores for the file.
+    pub fn runs(&self) -> &[BlockRun] {
+        match &self.content {
+            FileContent::Unchanged => &[],
+            FileContent::Stored(runs) => runs,
+        }
+    }
+}
+
+impl Manifest {
+    /// Entry at `path` (binary search; entries are sorted).
+    pub fn find(&self, path: &str) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// The regular file whose content `path` has in this manifest, following
+    /// one hard-link hop. `None` if the path is absent or not a file.
+    pub fn resolve_file(&self, path: &str) -> Option<&FileEntry> {
+        match &self.find(path)?.kind {
+            EntryKind::File(f) => Some(f),
+            EntryKind::HardLink { to } => match &self.find(to)?.kind {
+                EntryKind::File(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Sum of regular file sizes (hard links counted once).
+    pub fn logical_size(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File(f) => Some(f.size),
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// Sum of this backup's pack sizes.
+    pub fn packs_size(&self) -> u64 {
+        self.header.packs.iter().map(|p| p.size).sum()
+    }
+}
+
+/// Number of blocks of a file of `size` bytes.
+pub fn block_count(size: u64, block_size: u32) -> u64 {
+    size.div_ceil(u64::from(block_size))
+}
+
+/// Length of block `index` of a file of `size` bytes.
+pub(crate) fn block_len(size: u64, block_size: u32, index: u64) -> u64 {
+    let bs = u64::from(block_size);
+    size.saturating_sub(index * bs).min(bs)
+}
+
+/// The compact per-block hash.
+pub fn block_hash(data: &[u8]) -> BlockHash {
+    let full = blake3::hash(data);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full.as_bytes()[..16]);
+    out
+}
+
+/// BLAKE3 hex checksum, as used for manifests and packs.
+pub fn checksum(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+pub(crate) fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

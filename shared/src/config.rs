@@ -1,0 +1,127 @@
+//! One typed configuration for every cairn process.
+//!
+//! The API, the workers and the tests all read the same environment
+//! (DESIGN.md §3), so the parsing lives here once. Tests build a `Config`
+//! directly instead of mutating the process environment, which is what lets
+//! them run in parallel in one process.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// Everything a cairn process needs to know about its deployment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL URL (`CAIRN_DATABASE_URL`). The database is created if it is
+    /// missing and migrated at start-up.
+    pub database_url: String,
+    /// RabbitMQ URL (`CAIRN_AMQP_URL`).
+    pub amqp_url: String,
+    /// Address the HTTP API listens on (`CAIRN_LISTEN`).
+    pub listen: SocketAddr,
+    /// Working directory for staging, restores and the default artifact store
+    /// (`CAIRN_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Where artifacts live (`CAIRN_STORAGE_URL`): `file:///abs/path` by default.
+    pub storage_url: String,
+    /// Directories that volume instances may live in (`CAIRN_VOLUME_ROOTS`,
+    /// colon-separated). Nothing outside them is read or written.
+    pub volume_roots: Vec<PathBuf>,
+    /// Prefix of every exchange and queue (`CAIRN_QUEUE_PREFIX`), so that
+    /// several deployments and parallel tests share one broker.
+    pub queue_prefix: String,
+    /// Jobs one worker runs at once (`CAIRN_WORKER_CONCURRENCY`); also the
+    /// AMQP prefetch.
+    pub worker_concurrency: usize,
+    /// How long a worker's claim on a job lives without a heartbeat
+    /// (`CAIRN_LEASE_SECONDS`, default 30). A job whose worker died is taken
+    /// over once its lease has expired.
+    pub lease: Duration,
+    /// Name of this process in leases and logs (`CAIRN_WORKER_ID`, default
+    /// `<hostname>-<pid>`).
+    pub worker_id: String,
+}
+
+impl Config {
+    /// Reads the environment, applying DESIGN.md §3's defaults.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let data_dir = PathBuf::from(var("CAIRN_DATA_DIR").unwrap_or_else(|| "./cairn-data".into()));
+        let data_dir = absolute(&data_dir)?;
+        let listen = var("CAIRN_LISTEN").unwrap_or_else(|| "127.0.0.1:8779".into());
+        let listen =
+            listen.parse().with_context(|| format!("CAIRN_LISTEN={listen:?} is not an address like 127.0.0.1:8779"))?;
+        let volume_roots = match var("CAIRN_VOLUME_ROOTS") {
+            Some(roots) => roots.split(':').filter(|r| !r.is_empty()).map(PathBuf::from).collect(),
+            None => vec![data_dir.join("volumes")],
+        };
+        let worker_concurrency = match var("CAIRN_WORKER_CONCURRENCY") {
+            Some(n) => n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("CAIRN_WORKER_CONCURRENCY={n:?} is not a positive number"))?,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
+        let lease_seconds: u64 = match var("CAIRN_LEASE_SECONDS") {
+            Some(s) => s
+                .parse()
+                .ok()
+                .filter(|s| *s >= 2)
+                .with_context(|| format!("CAIRN_LEASE_SECONDS={s:?} must be a number of seconds >= 2"))?,
+            None => 30,
+        };
+        let config = Self {
+            database_url: var("CAIRN_DATABASE_URL")
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/cairn".into()),
+            amqp_url: var("CAIRN_AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            listen,
+            storage_url: var("CAIRN_STORAGE_URL")
+                .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display())),
+            volume_roots,
+            queue_prefix: var("CAIRN_QUEUE_PREFIX").unwrap_or_else(|| "cairn".into()),
+            worker_concurrency,
+            lease: Duration::from_secs(lease_seconds),
+            worker_id: var("CAIRN_WORKER_ID").unwrap_or_else(default_worker_id),
+            data_dir,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what `from_env` cannot express in types.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.queue_prefix.is_empty()
+            || !self.queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "CAIRN_QUEUE_PREFIX={:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                self.queue_prefix
+            );
+        }
+        if self.volume_roots.is_empty() {
+            bail!("CAIRN_VOLUME_ROOTS names no directory");
+        }
+        Ok(())
+    }
+
+    /// Where a worker stages packs before upload and restores before the
+    /// final rename.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.data_dir.join("staging")
+    }
+
+    /// Where a restore goes when the request names no `volume.path`.
+    pub fn default_volume_dir(&self) -> PathBuf {
+        self.data_dir.join("volumes")
+    }
+}
+
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    format!("{}-{}", host.trim(), std::process::id())
+}

@@ -1,0 +1,170 @@
+//! The `volume` datastore: a directory tree, backed up with cairn-delta.
+//!
+//! The delta work (walking, hashing, compressing, applying) is synchronous
+//! and CPU- and disk-bound, so it runs on blocking threads; this module is the
+//! glue to the async world: it stages packs on local disk, uploads them
+//! (manifest last, so a manifest never names a pack that is not stored), and
+//! serves a restore's range reads from the object store.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use cairn_delta::{BackupOptions, ChainLink, LinkIds, PackSource};
+use uuid::Uuid;
+
+use super::{BackupRequest, Datastore, JobProgress, RestoreRequest, StoredLink};
+use crate::{lifecycle::CompletedArtifact, storage::ArtifactStore};
+
+/// Backs up and restores directory trees.
+pub struct VolumeDatastore {
+    store: ArtifactStore,
+    staging: PathBuf,
+}
+
+impl VolumeDatastore {
+    /// The type name in the API.
+    pub const KIND: &'static str = "volume";
+    /// The version reported by the API: the delta format's.
+    pub const VERSION: &'static str = "1";
+
+    /// A datastore storing into `store`, staging under `staging`.
+    pub fn new(store: ArtifactStore, staging: PathBuf) -> Self {
+        Self { store, staging }
+    }
+
+    /// Fetches a link's manifest and checks it against the recorded checksum.
+    async fn load_link(&self, position: usize, link: &StoredLink) -> anyhow::Result<ChainLink> {
+        let key = format!("{}/manifest", link.artifact_prefix);
+        let bytes = self
+            .store
+            .get(&key)
+            .await
+            .with_context(|| format!("link {position} (backup {}): manifest is missing", link.backup_id))?;
+        let actual = blake3::hash(&bytes).to_hex().to_string();
+        if actual != link.checksum {
+            bail!(
+                "link {position} (backup {}): manifest {key} is corrupted: checksum {actual}, recorded {}",
+                link.backup_id,
+                link.checksum
+            );
+        }
+        let manifest = cairn_delta::decode_manifest(&bytes)
+            .with_context(|| format!("link {position} (backup {}): manifest {key} cannot be read", link.backup_id))?;
+        Ok(ChainLink { manifest, checksum: link.checksum.clone() })
+    }
+}
+
+#[async_trait]
+impl Datastore for VolumeDatastore {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    fn version(&self) -> &'static str {
+        Self::VERSION
+    }
+
+    async fn backup(&self, req: BackupRequest, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact> {
+        let parent: Option<ChainLink> = match &req.parent {
+            Some(link) => Some(self.load_link(1, link).await.context("cannot read the parent backup")?),
+            None => None,
+        };
+        let staging = self.staging.join(format!("backup-{}-{}", req.backup_id, req.attempt));
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        tokio::fs::create_dir_all(&staging).await.with_context(|| format!("cannot create {}", staging.display()))?;
+        let source = req.source.clone();
+        let ids = LinkIds { backup_id: req.backup_id, instance_id: req.instance_id };
+        let staging_dir = staging.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let parent = parent.as_ref().map(|p| (&p.manifest, p.checksum.as_str()));
+            cairn_delta::backup_tree(&source, parent, ids, &BackupOptions::default(), &staging_dir, &mut |p| {
+                progress.set(p.done_bytes, p.total_bytes)
+            })
+        })
+        .await?
+        .with_context(|| format!("cannot back up {}", req.source.display()))?;
+
+        let prefix = ArtifactStore::attempt_prefix(req.backup_id, req.attempt);
+        let result = async {
+            for pack in &output.packs {
+                self.store.put_file(&format!("{prefix}/{}", pack.name), &pack.path).await?;
+            }
+            let manifest_key = format!("{prefix}/manifest");
+            self.store.put_bytes(&manifest_key, output.manifest_bytes.clone()).await?;
+            anyhow::Ok(CompletedArtifact {
+                checksum: output.checksum.clone(),
+                bytes: output.stored_bytes,
+                location_ref: self.store.url_of(&manifest_key),
+                artifact_prefix: prefix.clone(),
+            })
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        result
+    }
+
+    async fn restore(&self, req: RestoreRequest, progress: Arc<JobProgress>) -> anyhow::Result<u32> {
+        let mut links = Vec::with_capacity(req.chain.len());
+        for (i, link) in req.chain.iter().enumerate() {
+            links.push(self.load_link(i + 1, link).await?);
+        }
+        let steps = links.len() as u32;
+        // Restore beside the target, then rename: a crash never leaves a
+        // half-written target, and a retry starts from a clean directory.
+        let parent = req.target.parent().context("restore target has no parent directory")?.to_path_buf();
+        tokio::fs::create_dir_all(&parent).await.with_context(|| format!("cannot create {}", parent.display()))?;
+        let name = req.target.file_name().context("restore target has no name")?.to_string_lossy().into_owned();
+        let work = parent.join(format!(".{name}.cairn-restore-{}", req.attempt));
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        tokio::fs::create_dir(&work).await.with_context(|| format!("cannot create {}", work.display()))?;
+
+        let packs = StorePacks {
+            store: self.store.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            prefixes: req.chain.iter().map(|l| (l.backup_id, l.artifact_prefix.clone())).collect(),
+        };
+        let work_dir = work.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            cairn_delta::restore_chain(&links, &packs, &work_dir, &mut |step, steps| {
+                progress.set(step as u64, steps as u64)
+            })
+        })
+        .await?;
+        if let Err(e) = applied {
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            return Err(e.into());
+        }
+        // An empty directory at the target is replaced by rename(2).
+        if let Err(e) = tokio::fs::rename(&work, &req.target).await {
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            return Err(e).with_context(|| format!("cannot move the restored tree to {}", req.target.display()));
+        }
+        Ok(steps)
+    }
+
+    async fn delete(&self, backup_id: Uuid) -> anyhow::Result<()> {
+        self.store.delete_prefix(&format!("backups/{backup_id}"), None).await.map(|_| ())
+    }
+}
+
+/// Range reads of packs, for the synchronous restore.
+struct StorePacks {
+    store: ArtifactStore,
+    runtime: tokio::runtime::Handle,
+    prefixes: HashMap<Uuid, String>,
+}
+
+impl PackSource for StorePacks {
+    fn read_range(&self, backup_id: Uuid, pack: &str, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let prefix = self
+            .prefixes
+            .get(&backup_id)
+            .ok_or_else(|| std::io::Error::other(format!("backup {backup_id} is not in this chain")))?;
+        let key = format!("{prefix}/{pack}");
+        self.runtime
+            .block_on(self.store.get_range(&key, offset..offset + len))
+            .map(|b| b.to_vec())
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}

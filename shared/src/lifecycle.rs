@@ -1,0 +1,426 @@
+//! The state machine of backups and restores, in one place.
+//!
+//! ```text
+//! backup:    NEW ──claim──▶ BUILDING ──▶ SAVING ──▶ COMPLETED ──delete──▶ DELETING ──▶ (gone)
+//!             │                │            │                                  │
+//!             └──parent failed─┴──error─────┴──▶ FAILED ──delete──▶ DELETING   └──▶ DELETE_FAILED
+//! instance:  BUILD ──claim (lease)──▶ BUILD ──▶ ACTIVE | ERROR        (registered: ACTIVE)
+//! ```
+//!
+//! Every move is a single conditional `UPDATE ... WHERE status = <expected>`
+//! (DESIGN.md §4 rule 6). RabbitMQ delivers at least once and two workers may
+//! race for one message; whichever update matches wins, the other sees zero
+//! rows and drops the message. A status never moves backwards.
+//!
+//! A running job is owned through a lease (`lease_owner`, `lease_expires`)
+//! that the worker's heartbeat extends. Every move a running job makes is
+//! also conditional on still owning the lease, so a worker that stalled past
+//! its lease and was taken over cannot overwrite its successor's result.
+//!
+//! Rule 3 (one `BUILDING` backup per instance) is a partial unique index; a
+//! claim that would break it fails and the job waits. Whoever ends a backup
+//! (completes, fails) re-enqueues the instance's waiting `NEW` backups in the
+//! same transaction, so no waiter is forgotten.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, TransactionSession, TransactionTrait, Value};
+use uuid::Uuid;
+
+use crate::{
+    entities::{backup, instance},
+    outbox,
+    status::{BackupStatus, InstanceStatus, JobKind},
+};
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn lease_secs(lease: Duration) -> Value {
+    (lease.as_secs_f64()).into()
+}
+
+/// What came of trying to claim a `NEW` backup.
+#[derive(Debug)]
+pub enum BackupClaim {
+    /// This worker owns the backup now (status `BUILDING`).
+    Claimed(backup::Model),
+    /// Not runnable yet: its parent is not `COMPLETED`, or another backup of
+    /// the instance is running. It is re-enqueued when that one ends.
+    Waiting(String),
+    /// Its parent failed or disappeared; the backup was moved to `FAILED`.
+    ParentFailed(String),
+    /// Nothing to do: the row is gone or past `NEW` (a duplicate message).
+    NotRunnable,
+}
+
+/// Claims backup `id` for `worker`: `NEW` → `BUILDING`, or takes over a
+/// `BUILDING` backup whose lease has expired (its worker died).
+pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: Uuid,
+    worker: &str,
+    lease: Duration,
+) -> Result<BackupClaim, DbErr> {
+    let claim = stmt(
+        r#"UPDATE backups b
+              SET status = 'BUILDING', lease_owner = $2,
+                  lease_expires = now() + make_interval(secs => $3),
+                  attempts = attempts + 1, fail_reason = NULL, updated = now()
+            WHERE b.id = $1
+              AND (b.status = 'NEW'
+                   OR (b.status IN ('BUILDING', 'SAVING') AND b.lease_expires < now()))
+              AND (b.parent_id IS NULL
+                   OR EXISTS (SELECT 1 FROM backups p WHERE p.id = b.parent_id AND p.status = 'COMPLETED'))
+        RETURNING b.*"#,
+        vec![id.into(), worker.into(), lease_secs(lease)],
+    );
+    match backup::Entity::find().from_raw_sql(claim).one(db).await {
+        Ok(Some(row)) => return Ok(BackupClaim::Claimed(row)),
+        Ok(None) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Ok(BackupClaim::Waiting("another backup of this instance is running".into()));
+        }
+        Err(e) => return Err(e),
+    }
+
+    // Not claimed: find out why, from the rows as they are now.
+    let Some(row) = backup::Entity::find_by_id(id).one(db).await? else {
+        return Ok(BackupClaim::NotRunnable);
+    };
+    if BackupStatus::parse(&row.status) != Some(BackupStatus::New) {
+        return Ok(BackupClaim::NotRunnable);
+    }
+    let Some(parent_id) = row.parent_id else {
+        return Ok(BackupClaim::NotRunnable);
+    };
+    let parent = backup::Entity::find_by_id(parent_id).one(db).await?;
+    let parent_status = parent.as_ref().and_then(|p| BackupStatus::parse(&p.status));
+    let reason = match (parent, parent_status) {
+        (_, Some(BackupStatus::New | BackupStatus::Building | BackupStatus::Saving)) => {
+            return Ok(BackupClaim::Waiting(format!("waiting for parent backup {parent_id}")));
+        }
+        // The parent completed between the claim and this read: try again.
+        (_, Some(BackupStatus::Completed)) => {
+            return Ok(BackupClaim::Waiting(format!("parent backup {parent_id} just completed")));
+        }
+        (Some(p), Some(status)) => match p.fail_reason {
+            Some(why) => format!("parent backup {parent_id} is {status}: {why}"),
+            None => format!("parent backup {parent_id} is {status}"),
+        },
+        _ => format!("parent backup {parent_id} no longer exists"),
+    };
+    let txn = db.begin().await?;
+    let failed = fail_backup(&txn, id, None, &reason).await?;
+    txn.commit().await?;
+    Ok(if failed { BackupClaim::ParentFailed(reason) } else { BackupClaim::NotRunnable })
+}
+
+/// Extends the lease of a running backup and records its progress. Returns
+/// false when this worker no longer owns it: the job must stop.
+pub async fn heartbeat_backup<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    worker: &str,
+    lease: Duration,
+    done: u64,
+    total: u64,
+) -> Result<bool, DbErr> {
+    let res = db
+        .execute_raw(stmt(
+            r#"UPDATE backups SET lease_expires = now() + make_interval(secs => $3),
+                      progress_done = $4, progress_total = $5, updated = now()
+                WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')"#,
+            vec![id.into(), worker.into(), lease_secs(lease), (done as i64).into(), (total as i64).into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// `BUILDING` → `SAVING`: the data is read, the objects are being made durable.
+pub async fn mark_saving<C: ConnectionTrait>(db: &C, id: Uuid, worker: &str) -> Result<bool, DbErr> {
+    let res = db
+        .execute_raw(stmt(
+            "UPDATE backups SET status = 'SAVING', updated = now()
+              WHERE id = $1 AND lease_owner = $2 AND status = 'BUILDING'",
+            vec![id.into(), worker.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// What a finished backup produced, as recorded on its row.
+#[derive(Debug, Clone)]
+pub struct CompletedArtifact {
+    /// BLAKE3 of the stored manifest, hex.
+    pub checksum: String,
+    /// Stored bytes: packs plus manifest.
+    pub bytes: u64,
+    /// URL of the manifest, Trove's `locationRef`.
+    pub location_ref: String,
+    /// Object-store prefix of the attempt that produced the artifact.
+    pub artifact_prefix: String,
+}
+
+/// `BUILDING`/`SAVING` → `COMPLETED`, and wakes the instance's waiting
+/// backups (its children, and siblings held back by rule 3).
+pub async fn complete_backup<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: Uuid,
+    worker: &str,
+    artifact: &CompletedArtifact,
+) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let row = backup::Entity::find()
+        .from_raw_sql(stmt(
+            r#"UPDATE backups SET status = 'COMPLETED', checksum = $3, bytes = $4, location_ref = $5,
+                      artifact_prefix = $6, progress_done = progress_total,
+                      lease_owner = NULL, lease_expires = NULL, updated = now()
+                WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')
+            RETURNING *"#,
+            vec![
+                id.into(),
+                worker.into(),
+                artifact.checksum.clone().into(),
+                (artifact.bytes as i64).into(),
+                artifact.location_ref.clone().into(),
+                artifact.artifact_prefix.clone().into(),
+            ],
+        ))
+        .one(&txn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    wake_waiting_backups(&txn, row.instance_id).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// Any state before `COMPLETED` → `FAILED` with `reason`. With `worker`, only
+/// if that worker still owns the lease; without, only from `NEW`.
+/// Wakes the instance's waiting backups, whose children then fail in turn
+/// with a reason naming this one.
+pub async fn fail_backup<C: ConnectionTrait>(
+    txn: &C,
+    id: Uuid,
+    worker: Option<&str>,
+    reason: &str,
+) -> Result<bool, DbErr> {
+    let row = backup::Entity::find()
+        .from_raw_sql(match worker {
+            Some(worker) => stmt(
+                r#"UPDATE backups SET status = 'FAILED', fail_reason = $3,
+                          lease_owner = NULL, lease_expires = NULL, updated = now()
+                    WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')
+                RETURNING *"#,
+                vec![id.into(), worker.into(), reason.into()],
+            ),
+            None => stmt(
+                r#"UPDATE backups SET status = 'FAILED', fail_reason = $2, updated = now()
+                    WHERE id = $1 AND status = 'NEW' RETURNING *"#,
+                vec![id.into(), reason.into()],
+            ),
+        })
+        .one(txn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    wake_waiting_backups(txn, row.instance_id).await?;
+    Ok(true)
+}
+
+/// Re-enqueues every `NEW` backup of `instance_id`: they may be runnable now.
+async fn wake_waiting_backups<C: ConnectionTrait>(txn: &C, instance_id: Uuid) -> Result<(), DbErr> {
+    outbox::enqueue_where(
+        txn,
+        JobKind::Backup,
+        "SELECT id FROM backups WHERE instance_id = $1 AND status = 'NEW' ORDER BY created",
+        vec![instance_id.into()],
+    )
+    .await
+}
+
+/// Why a delete was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteRefused {
+    /// A backup in the subtree is running.
+    #[error("backup {0} is {1}; it can be deleted once it has finished")]
+    Running(Uuid, BackupStatus),
+    /// A restore is reading the chain.
+    #[error("instance {0} is being restored from backup {1}; delete it once the restore has finished")]
+    RestoreReading(Uuid, Uuid),
+    /// The subtree is already being deleted.
+    #[error("backup {0} is already being deleted")]
+    AlreadyDeleting(Uuid),
+}
+
+/// Starts deleting backup `id` and all its descendants (as Trove does):
+/// every one moves to `DELETING` and a delete job is enqueued, all in one
+/// transaction that holds row locks, so a concurrent claim or restore either
+/// happens before (and the delete is refused) or sees `DELETING`.
+/// Returns the ids, descendants first.
+pub async fn begin_delete<C: ConnectionTrait>(txn: &C, id: Uuid) -> Result<Result<Vec<Uuid>, DeleteRefused>, DbErr> {
+    let subtree = backup::Entity::find()
+        .from_raw_sql(stmt(
+            r#"SELECT b.* FROM backups b
+                WHERE b.id IN (
+                    WITH RECURSIVE sub(id, depth) AS (
+                        SELECT id, 0 FROM backups WHERE id = $1
+                        UNION ALL
+                        SELECT c.id, sub.depth + 1 FROM backups c JOIN sub ON c.parent_id = sub.id
+                    ) SELECT id FROM sub)
+                ORDER BY b.created DESC
+                FOR UPDATE"#,
+            vec![id.into()],
+        ))
+        .all(txn)
+        .await?;
+    for b in &subtree {
+        match BackupStatus::parse(&b.status) {
+            Some(s) if s.is_running() => return Ok(Err(DeleteRefused::Running(b.id, s))),
+            Some(BackupStatus::Deleting) => return Ok(Err(DeleteRefused::AlreadyDeleting(b.id))),
+            _ => {}
+        }
+    }
+    let ids: Vec<Uuid> = subtree.iter().map(|b| b.id).collect();
+    let reader = instance::Entity::find()
+        .from_raw_sql(stmt(
+            "SELECT * FROM instances WHERE status = 'BUILD' AND restore_backup_id = ANY($1) LIMIT 1",
+            vec![ids.clone().into()],
+        ))
+        .one(txn)
+        .await?;
+    if let Some(inst) = reader {
+        let backup = inst.restore_backup_id.unwrap_or(id);
+        return Ok(Err(DeleteRefused::RestoreReading(inst.id, backup)));
+    }
+    txn.execute_raw(stmt(
+        "UPDATE backups SET status = 'DELETING', updated = now() WHERE id = ANY($1)",
+        vec![ids.clone().into()],
+    ))
+    .await?;
+    outbox::enqueue(txn, JobKind::DeleteBackup, id).await?;
+    Ok(Ok(ids))
+}
+
+/// The subtree of `id` in deletion order (descendants before ancestors).
+pub async fn deletion_order<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Vec<backup::Model>, DbErr> {
+    backup::Entity::find()
+        .from_raw_sql(stmt(
+            r#"WITH RECURSIVE sub AS (
+                   SELECT b.*, 0 AS depth FROM backups b WHERE b.id = $1
+                   UNION ALL
+                   SELECT c.*, sub.depth + 1 FROM backups c JOIN sub ON c.parent_id = sub.id
+               ) SELECT * FROM sub ORDER BY depth DESC"#,
+            vec![id.into()],
+        ))
+        .all(db)
+        .await
+}
+
+/// Removes a deleted backup's row once its objects are gone.
+pub async fn remove_deleted<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<bool, DbErr> {
+    let res =
+        db.execute_raw(stmt("DELETE FROM backups WHERE id = $1 AND status = 'DELETING'", vec![id.into()])).await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// `DELETING` → `DELETE_FAILED` with a reason.
+pub async fn delete_failed<C: ConnectionTrait>(db: &C, id: Uuid, reason: &str) -> Result<bool, DbErr> {
+    let res = db
+        .execute_raw(stmt(
+            "UPDATE backups SET status = 'DELETE_FAILED', fail_reason = $2, updated = now()
+              WHERE id = $1 AND status = 'DELETING'",
+            vec![id.into(), reason.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// The chain of `id`, root full backup first, resolved in one query.
+pub async fn chain_of<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Vec<backup::Model>, DbErr> {
+    backup::Entity::find()
+        .from_raw_sql(stmt(
+            r#"WITH RECURSIVE chain AS (
+                   SELECT b.*, 0 AS depth FROM backups b WHERE b.id = $1
+                   UNION ALL
+                   SELECT p.*, chain.depth + 1 FROM backups p JOIN chain ON p.id = chain.parent_id
+                   WHERE chain.depth < 100000
+               ) SELECT * FROM chain ORDER BY depth DESC"#,
+            vec![id.into()],
+        ))
+        .all(db)
+        .await
+}
+
+/// Claims restore instance `id` for `worker` (it stays `BUILD`; the lease
+/// says who runs it), or takes it over when the previous lease expired.
+pub async fn claim_restore<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    worker: &str,
+    lease: Duration,
+) -> Result<Option<instance::Model>, DbErr> {
+    instance::Entity::find()
+        .from_raw_sql(stmt(
+            r#"UPDATE instances SET lease_owner = $2, lease_expires = now() + make_interval(secs => $3),
+                      attempts = attempts + 1, updated = now()
+                WHERE id = $1 AND status = 'BUILD' AND NOT deleted
+                  AND (lease_owner IS NULL OR lease_expires < now())
+            RETURNING *"#,
+            vec![id.into(), worker.into(), lease_secs(lease)],
+        ))
+        .one(db)
+        .await
+}
+
+/// Extends a restore's lease and records its step. False when lost.
+pub async fn heartbeat_restore<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    worker: &str,
+    lease: Duration,
+    step: u32,
+    steps: u32,
+) -> Result<bool, DbErr> {
+    let res = db
+        .execute_raw(stmt(
+            r#"UPDATE instances SET lease_expires = now() + make_interval(secs => $3),
+                      restore_step = $4, restore_steps = $5, updated = now()
+                WHERE id = $1 AND lease_owner = $2 AND status = 'BUILD'"#,
+            vec![id.into(), worker.into(), lease_secs(lease), (step as i32).into(), (steps as i32).into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Ends a restore: `BUILD` → `ACTIVE`, or `ERROR` with a reason.
+pub async fn finish_restore<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    worker: &str,
+    outcome: Result<u32, &str>,
+) -> Result<bool, DbErr> {
+    let (status, reason, steps) = match outcome {
+        Ok(steps) => (InstanceStatus::Active, None, Some(steps as i32)),
+        Err(reason) => (InstanceStatus::Error, Some(reason.to_owned()), None),
+    };
+    let res = db
+        .execute_raw(stmt(
+            r#"UPDATE instances SET status = $3, fail_reason = $4,
+                      restore_step = COALESCE($5, restore_step), restore_steps = COALESCE($5, restore_steps),
+                      lease_owner = NULL, lease_expires = NULL, updated = now()
+                WHERE id = $1 AND lease_owner = $2 AND status = 'BUILD'"#,
+            vec![id.into(), worker.into(), status.as_str().into(), reason.into(), steps.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// True for PostgreSQL's unique_violation (23505).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    err.to_string().contains("23505") || err.to_string().contains("duplicate key value")
+}

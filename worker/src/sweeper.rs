@@ -1,0 +1,81 @@
+//! Finds jobs whose worker died and re-enqueues them.
+//!
+//! A job's lease expires when its worker stops heart-beating (killed, machine
+//! gone, stalled). Its message may be gone too (acked, or dead-lettered), so
+//! the sweeper re-enqueues such jobs through the outbox; the claim then takes
+//! them over. One sweeper at a time per database does the work (an advisory
+//! lock), so many workers do not multiply the messages.
+
+use std::{sync::Arc, time::Duration};
+
+use cairn_shared::{outbox, status::JobKind};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use tokio_util::sync::CancellationToken;
+
+use crate::JobContext;
+
+/// Arbitrary, fixed key of the sweeper's advisory lock.
+const LOCK_KEY: i64 = 0x6361_6972_6e00_0001;
+
+pub async fn run(ctx: Arc<JobContext>, shutdown: CancellationToken) {
+    let period = (ctx.config.lease / 2).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        match sweep(&ctx).await {
+            Ok(true) => ctx.nudge.wake(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+}
+
+/// Re-enqueues expired jobs; true if it found any.
+async fn sweep(ctx: &JobContext) -> Result<bool, sea_orm::DbErr> {
+    let txn = ctx.db.begin().await?;
+    let locked = txn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT pg_try_advisory_xact_lock({LOCK_KEY}) AS ok"),
+        ))
+        .await?
+        .and_then(|row| row.try_get::<bool>("", "ok").ok())
+        .unwrap_or(false);
+    if !locked {
+        return Ok(false);
+    }
+    let expired = txn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT (SELECT count(*) FROM backups WHERE status IN ('BUILDING', 'SAVING') AND lease_expires < now())
+                  + (SELECT count(*) FROM instances WHERE status = 'BUILD' AND NOT deleted
+                       AND (lease_owner IS NULL OR lease_expires < now())
+                       AND created < now() - interval '10 seconds') AS n",
+        ))
+        .await?
+        .and_then(|row| row.try_get::<i64>("", "n").ok())
+        .unwrap_or(0);
+    if expired == 0 {
+        return Ok(false);
+    }
+    outbox::enqueue_where(
+        &txn,
+        JobKind::Backup,
+        "SELECT id FROM backups WHERE status IN ('BUILDING', 'SAVING') AND lease_expires < now()",
+        vec![],
+    )
+    .await?;
+    outbox::enqueue_where(
+        &txn,
+        JobKind::Restore,
+        "SELECT id FROM instances WHERE status = 'BUILD' AND NOT deleted
+            AND (lease_owner IS NULL OR lease_expires < now()) AND created < now() - interval '10 seconds'",
+        vec![],
+    )
+    .await?;
+    txn.commit().await?;
+    tracing::info!(jobs = expired, "re-enqueued jobs whose worker stopped");
+    Ok(true)
+}
