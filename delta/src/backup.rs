@@ -25,9 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::DeltaError;
 use crate::manifest::*;
-use crate::{
-    BackupOptions, FORMAT_VERSION, LinkIds, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Progress, codec,
-};
+use crate::{BackupOptions, FORMAT_VERSION, LinkIds, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Progress, codec};
 
 /// Upper bound of the raw bytes in one stored run (one zstd frame).
 pub const RUN_BYTES: usize = 1 << 20;
@@ -104,12 +102,7 @@ pub fn backup_tree(
             p.header.block_size
         }
     };
-    let mut packs = PackWriter {
-        dir: staging_dir,
-        target: opts.pack_target_size,
-        cur: None,
-        done: Vec::new(),
-    };
+    let mut packs = PackWriter { dir: staging_dir, target: opts.pack_target_size, cur: None, done: Vec::new() };
     let mut b = Backup {
         parent: parent.map(|(m, _)| m),
         block_size,
@@ -137,18 +130,12 @@ pub fn backup_tree(
             format_version: FORMAT_VERSION,
             backup_id: ids.backup_id,
             instance_id: ids.instance_id,
-            parent: parent.map(|(p, sum)| ParentRef {
-                backup_id: p.header.backup_id,
-                checksum: sum.to_ascii_lowercase(),
-            }),
+            parent: parent
+                .map(|(p, sum)| ParentRef { backup_id: p.header.backup_id, checksum: sum.to_ascii_lowercase() }),
             block_size,
             packs: staged
                 .iter()
-                .map(|p| PackRef {
-                    name: p.name.clone(),
-                    size: p.size,
-                    blake3: p.blake3.clone(),
-                })
+                .map(|p| PackRef { name: p.name.clone(), size: p.size, blake3: p.blake3.clone() })
                 .collect(),
         },
         entries,
@@ -160,28 +147,18 @@ pub fn backup_tree(
     let manifest_bytes = codec::encode_manifest(&manifest);
     let checksum = checksum(&manifest_bytes);
     let stored_bytes = staged.iter().map(|p| p.size).sum::<u64>() + manifest_bytes.len() as u64;
-    Ok(BackupOutput {
-        manifest,
-        manifest_bytes,
-        checksum,
-        packs: staged,
-        stored_bytes,
-        stats,
-    })
+    Ok(BackupOutput { manifest, manifest_bytes, checksum, packs: staged, stored_bytes, stats })
 }
 
 fn check_options(o: &BackupOptions) -> Result<(), DeltaError> {
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size) || !o.block_size.is_power_of_two()
-    {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size) || !o.block_size.is_power_of_two() {
         return Err(DeltaError::InvalidOptions(format!(
             "block_size {} must be a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}",
             o.block_size
         )));
     }
     if o.pack_target_size == 0 {
-        return Err(DeltaError::InvalidOptions(
-            "pack_target_size must be positive".into(),
-        ));
+        return Err(DeltaError::InvalidOptions("pack_target_size must be positive".into()));
     }
     if !zstd::compression_level_range().contains(&o.zstd_level) {
         return Err(DeltaError::InvalidOptions(format!(
@@ -194,15 +171,9 @@ fn check_options(o: &BackupOptions) -> Result<(), DeltaError> {
 }
 
 fn check_parent(p: &Manifest, sum: &str, ids: LinkIds) -> Result<(), DeltaError> {
-    let fail = |reason: String| DeltaError::Parent {
-        backup_id: p.header.backup_id,
-        reason,
-    };
+    let fail = |reason: String| DeltaError::Parent { backup_id: p.header.backup_id, reason };
     if p.header.instance_id != ids.instance_id {
-        return Err(fail(format!(
-            "belongs to instance {}, not {}",
-            p.header.instance_id, ids.instance_id
-        )));
+        return Err(fail(format!("belongs to instance {}, not {}", p.header.instance_id, ids.instance_id)));
     }
     if p.header.backup_id == ids.backup_id {
         return Err(fail("has the id of the backup being made".into()));
@@ -234,18 +205,11 @@ struct Backup<'a, 'p> {
 impl Backup<'_, '_> {
     fn run(&mut self, source: &Path) -> Result<Vec<Entry>, DeltaError> {
         let items = self.walk(source)?;
-        (self.progress)(Progress {
-            done_bytes: 0,
-            total_bytes: self.total,
-        });
+        (self.progress)(Progress { done_bytes: 0, total_bytes: self.total });
         let mut entries = Vec::with_capacity(items.len());
         let mut first_links: HashMap<(u64, u64), String> = HashMap::new();
         for item in items {
-            let full = if item.path.is_empty() {
-                source.to_path_buf()
-            } else {
-                source.join(&item.path)
-            };
+            let full = if item.path.is_empty() { source.to_path_buf() } else { source.join(&item.path) };
             let m = &item.meta;
             let ft = m.file_type();
             let base = |kind| Entry {
@@ -305,26 +269,18 @@ impl Backup<'_, '_> {
 
     /// Metadata-only walk; returns items sorted by path, root (`""`) first.
     fn walk(&mut self, source: &Path) -> Result<Vec<Item>, DeltaError> {
-        let root_meta =
-            fs::metadata(source).map_err(|e| DeltaError::io(source, "reading metadata", e))?;
+        let root_meta = fs::metadata(source).map_err(|e| DeltaError::io(source, "reading metadata", e))?;
         if !root_meta.is_dir() {
             return Err(DeltaError::UnsupportedPath {
                 path: source.to_path_buf(),
                 reason: "backup source is not a directory".into(),
             });
         }
-        let mut items = vec![Item {
-            path: String::new(),
-            meta: root_meta,
-        }];
+        let mut items = vec![Item { path: String::new(), meta: root_meta }];
         let mut seen_inodes = std::collections::HashSet::new();
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
-            let dir = if rel.is_empty() {
-                source.to_path_buf()
-            } else {
-                source.join(&rel)
-            };
+            let dir = if rel.is_empty() { source.to_path_buf() } else { source.join(&rel) };
             let rd = match fs::read_dir(&dir) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.is_empty() => continue,
@@ -339,11 +295,7 @@ impl Backup<'_, '_> {
                         reason: "file name is not valid UTF-8".into(),
                     });
                 };
-                let path = if rel.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{rel}/{name}")
-                };
+                let path = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
                 let meta = match fs::symlink_metadata(de.path()) {
                     Ok(m) => m,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -367,20 +319,12 @@ impl Backup<'_, '_> {
     fn report(&mut self, force: bool) {
         if force || self.done >= self.last_report + PROGRESS_EVERY {
             self.last_report = self.done;
-            (self.progress)(Progress {
-                done_bytes: self.done,
-                total_bytes: self.total.max(self.done),
-            });
+            (self.progress)(Progress { done_bytes: self.done, total_bytes: self.total.max(self.done) });
         }
     }
 
     /// Back up one regular file; `None` if it vanished.
-    fn file(
-        &mut self,
-        full: &Path,
-        rel: &str,
-        walk_meta: &fs::Metadata,
-    ) -> Result<Option<Entry>, DeltaError> {
+    fn file(&mut self, full: &Path, rel: &str, walk_meta: &fs::Metadata) -> Result<Option<Entry>, DeltaError> {
         let parent = self.parent.and_then(|p| resolve_with_entry(p, rel));
         if let Some((pe, pf)) = parent
             && pf.size == walk_meta.len()
@@ -415,9 +359,7 @@ impl Backup<'_, '_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(DeltaError::io(full, "opening", e)),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| DeltaError::io(full, "reading metadata", e))?;
+        let meta = file.metadata().map_err(|e| DeltaError::io(full, "reading metadata", e))?;
         if !meta.is_file() {
             return Ok(None);
         }
@@ -437,11 +379,7 @@ impl Backup<'_, '_> {
             let data = &buf[..n];
             whole.update(data);
             let zero = is_zero(data);
-            let h = if zero && n == bs {
-                self.zero_hash
-            } else {
-                block_hash(data)
-            };
+            let h = if zero && n == bs { self.zero_hash } else { block_hash(data) };
             hashes.push(h);
             size += n as u64;
             self.stats.bytes_read += n as u64;
@@ -476,9 +414,7 @@ impl Backup<'_, '_> {
         self.flush(&mut run, &mut runs, full)?;
         self.stats.files_read += 1;
         let content = match parent {
-            Some(p) if runs.is_empty() && p.block_hashes.len() == hashes.len() => {
-                FileContent::Unchanged
-            }
+            Some(p) if runs.is_empty() && p.block_hashes.len() == hashes.len() => FileContent::Unchanged,
             _ => FileContent::Stored(runs),
         };
         let mut ctime = ctime_of(&meta);
@@ -508,12 +444,7 @@ impl Backup<'_, '_> {
         }))
     }
 
-    fn flush(
-        &mut self,
-        run: &mut RunBuf,
-        runs: &mut Vec<BlockRun>,
-        full: &Path,
-    ) -> Result<(), DeltaError> {
+    fn flush(&mut self, run: &mut RunBuf, runs: &mut Vec<BlockRun>, full: &Path) -> Result<(), DeltaError> {
         if run.count == 0 {
             return Ok(());
         }
@@ -528,10 +459,7 @@ impl Backup<'_, '_> {
                 compression: Compression::Zero,
             });
         } else {
-            let compressed = self
-                .compressor
-                .compress(&run.data)
-                .map_err(|e| DeltaError::io(full, "compressing", e))?;
+            let compressed = self.compressor.compress(&run.data).map_err(|e| DeltaError::io(full, "compressing", e))?;
             let (bytes, compression) = if compressed.len() < run.data.len() {
                 (&compressed[..], Compression::Zstd)
             } else {
@@ -579,17 +507,11 @@ pub(crate) fn resolve_with_entry<'m>(m: &'m Manifest, path: &str) -> Option<(&'m
 }
 
 fn mtime_of(m: &fs::Metadata) -> Timestamp {
-    Timestamp {
-        sec: m.mtime(),
-        nsec: m.mtime_nsec() as u32,
-    }
+    Timestamp { sec: m.mtime(), nsec: m.mtime_nsec() as u32 }
 }
 
 fn ctime_of(m: &fs::Metadata) -> Timestamp {
-    Timestamp {
-        sec: m.ctime(),
-        nsec: m.ctime_nsec() as u32,
-    }
+    Timestamp { sec: m.ctime(), nsec: m.ctime_nsec() as u32 }
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -607,9 +529,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 fn is_zero(data: &[u8]) -> bool {
     let (chunks, rest) = data.split_at(data.len() & !7);
-    chunks
-        .chunks_exact(8)
-        .all(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")) == 0)
+    chunks.chunks_exact(8).all(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")) == 0)
         && rest.iter().all(|&b| b == 0)
 }
 
@@ -652,9 +572,7 @@ impl PackWriter<'_> {
         }
         let idx = self.done.len() as u32;
         let c = self.cur.as_mut().expect("just opened");
-        c.file
-            .write_all(data)
-            .map_err(|e| DeltaError::io(&c.path, "writing pack", e))?;
+        c.file.write_all(data).map_err(|e| DeltaError::io(&c.path, "writing pack", e))?;
         c.hasher.update(data);
         let offset = c.size;
         c.size += data.len() as u64;
@@ -664,12 +582,8 @@ impl PackWriter<'_> {
     fn close_current(&mut self) -> Result<(), DeltaError> {
         if let Some(c) = self.cur.take() {
             let path = c.path.clone();
-            let file = c
-                .file
-                .into_inner()
-                .map_err(|e| DeltaError::io(&path, "writing pack", e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| DeltaError::io(&path, "syncing pack", e))?;
+            let file = c.file.into_inner().map_err(|e| DeltaError::io(&path, "writing pack", e.into_error()))?;
+            file.sync_all().map_err(|e| DeltaError::io(&path, "syncing pack", e))?;
             self.done.push(StagedPack {
                 name: c.name,
                 path: c.path,

@@ -21,10 +21,7 @@ pub struct ChainLink {
 impl ChainLink {
     /// Decode stored manifest bytes; the checksum is computed from them.
     pub fn from_bytes(bytes: &[u8]) -> Result<ChainLink, DeltaError> {
-        Ok(ChainLink {
-            manifest: crate::decode_manifest(bytes)?,
-            checksum: checksum(bytes),
-        })
+        Ok(ChainLink { manifest: crate::decode_manifest(bytes)?, checksum: checksum(bytes) })
     }
 
     /// Decode stored manifest bytes, refusing them unless they hash to the
@@ -32,10 +29,7 @@ impl ChainLink {
     pub fn from_bytes_checked(bytes: &[u8], expected: &str) -> Result<ChainLink, DeltaError> {
         let actual = checksum(bytes);
         if !actual.eq_ignore_ascii_case(expected) {
-            return Err(DeltaError::ManifestChecksum {
-                expected: expected.to_string(),
-                actual,
-            });
+            return Err(DeltaError::ManifestChecksum { expected: expected.to_string(), actual });
         }
         ChainLink::from_bytes(bytes)
     }
@@ -58,25 +52,13 @@ pub fn verify_chain(links: &[ChainLink]) -> Result<(), DeltaError> {
         if h.instance_id != instance {
             return Err(fail(
                 k,
-                format!(
-                    "belongs to instance {}, the chain's root belongs to instance {}",
-                    h.instance_id, instance
-                ),
+                format!("belongs to instance {}, the chain's root belongs to instance {}", h.instance_id, instance),
             ));
         }
         if h.block_size != block_size {
-            return Err(fail(
-                k,
-                format!(
-                    "block size {} differs from the chain's {}",
-                    h.block_size, block_size
-                ),
-            ));
+            return Err(fail(k, format!("block size {} differs from the chain's {}", h.block_size, block_size)));
         }
-        if let Some(j) = links[..k]
-            .iter()
-            .position(|l| l.manifest.header.backup_id == h.backup_id)
-        {
+        if let Some(j) = links[..k].iter().position(|l| l.manifest.header.backup_id == h.backup_id) {
             return Err(fail(k, format!("same backup as link {}", j + 1)));
         }
         match (&h.parent, k) {

@@ -109,11 +109,7 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
                             match r.compression {
                                 Compression::Zero => b.push(COMP_ZERO),
                                 c => {
-                                    b.push(if c == Compression::Zstd {
-                                        COMP_ZSTD
-                                    } else {
-                                        COMP_RAW
-                                    });
+                                    b.push(if c == Compression::Zstd { COMP_ZSTD } else { COMP_RAW });
                                     put_var(&mut b, u64::from(r.pack));
                                     put_var(&mut b, r.offset);
                                     put_var(&mut b, r.stored_len);
@@ -135,11 +131,9 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
 }
 
 fn zstd_compress(data: &[u8]) -> Vec<u8> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), MANIFEST_ZSTD_LEVEL)
-        .expect("zstd encoder on a Vec");
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), MANIFEST_ZSTD_LEVEL).expect("zstd encoder on a Vec");
     enc.include_checksum(true).expect("zstd checksum flag");
-    enc.set_pledged_src_size(Some(data.len() as u64))
-        .expect("zstd pledged size");
+    enc.set_pledged_src_size(Some(data.len() as u64)).expect("zstd pledged size");
     std::io::Write::write_all(&mut enc, data).expect("writing to a Vec");
     enc.finish().expect("writing to a Vec")
 }
@@ -147,20 +141,14 @@ fn zstd_compress(data: &[u8]) -> Vec<u8> {
 /// Decode and validate manifest bytes (untrusted input).
 pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, DeltaError> {
     if bytes.len() < PREFIX_LEN {
-        return Err(DeltaError::corrupt(format!(
-            "{} bytes is too short for a manifest",
-            bytes.len()
-        )));
+        return Err(DeltaError::corrupt(format!("{} bytes is too short for a manifest", bytes.len())));
     }
     if &bytes[..8] != MAGIC {
         return Err(DeltaError::corrupt("bad magic (not a cairn manifest)"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(DeltaError::UnsupportedVersion {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(DeltaError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
     let frame = &bytes[PREFIX_LEN..];
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
@@ -177,11 +165,8 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, DeltaError> {
         .map_err(|e| DeltaError::corrupt(format!("zstd: {e}")))?
         .single_frame();
     // Bound decoder memory even if the frame header asks for a huge window.
-    dec.window_log_max(27)
-        .map_err(|e| DeltaError::corrupt(format!("zstd: {e}")))?;
-    let mut r = Reader {
-        inner: BufReader::with_capacity(64 << 10, dec.take(MAX_MANIFEST_DECODED)),
-    };
+    dec.window_log_max(27).map_err(|e| DeltaError::corrupt(format!("zstd: {e}")))?;
+    let mut r = Reader { inner: BufReader::with_capacity(64 << 10, dec.take(MAX_MANIFEST_DECODED)) };
     let m = parse_body(&mut r, version)?;
     // Reading past the end verifies the zstd checksum and rejects extra bytes.
     let mut extra = [0u8; 1];
@@ -199,10 +184,7 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
     let instance_id = r.uuid("instance id")?;
     let parent = match r.u8("parent flag")? {
         0 => None,
-        1 => Some(ParentRef {
-            backup_id: r.uuid("parent id")?,
-            checksum: r.string("parent checksum")?,
-        }),
+        1 => Some(ParentRef { backup_id: r.uuid("parent id")?, checksum: r.string("parent checksum")? }),
         x => return Err(DeltaError::corrupt(format!("bad parent flag {x}"))),
     };
     let block_size = r.u32("block size")?;
@@ -227,18 +209,14 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
         let shared = r.var("path prefix")? as usize;
         let prev = entries.last().map(|e| e.path.as_bytes()).unwrap_or(b"");
         if shared > prev.len() {
-            return Err(DeltaError::corrupt(format!(
-                "{}: path prefix length {shared} exceeds previous path",
-                ctx()
-            )));
+            return Err(DeltaError::corrupt(format!("{}: path prefix length {shared} exceeds previous path", ctx())));
         }
         let mut pb = prev[..shared].to_vec();
         pb.extend_from_slice(&r.bytes("path")?);
         if pb.len() > MAX_STRING {
             return Err(DeltaError::corrupt(format!("{}: path too long", ctx())));
         }
-        let path = String::from_utf8(pb)
-            .map_err(|_| DeltaError::corrupt(format!("{}: path is not UTF-8", ctx())))?;
+        let path = String::from_utf8(pb).map_err(|_| DeltaError::corrupt(format!("{}: path is not UTF-8", ctx())))?;
         let kind = r.u8("entry kind")?;
         let mode = r.u32("mode")?;
         let mtime = r.time("mtime")?;
@@ -246,46 +224,22 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
         let gid = r.u32("gid")?;
         let kind = match kind {
             KIND_DIR => EntryKind::Dir,
-            KIND_SYMLINK => EntryKind::Symlink {
-                target: r.string("symlink target")?,
-            },
-            KIND_HARDLINK => EntryKind::HardLink {
-                to: r.string("hard link target")?,
-            },
+            KIND_SYMLINK => EntryKind::Symlink { target: r.string("symlink target")? },
+            KIND_HARDLINK => EntryKind::HardLink { to: r.string("hard link target")? },
             KIND_FILE => EntryKind::File(parse_file(r, block_size, &path)?),
             k => {
-                return Err(DeltaError::corrupt(format!(
-                    "{path:?}: unknown entry kind {k}"
-                )));
+                return Err(DeltaError::corrupt(format!("{path:?}: unknown entry kind {k}")));
             }
         };
-        entries.push(Entry {
-            path,
-            kind,
-            mode,
-            mtime,
-            uid,
-            gid,
-        });
+        entries.push(Entry { path, kind, mode, mtime, uid, gid });
     }
     Ok(Manifest {
-        header: Header {
-            format_version: version,
-            backup_id,
-            instance_id,
-            parent,
-            block_size,
-            packs,
-        },
+        header: Header { format_version: version, backup_id, instance_id, parent, block_size, packs },
         entries,
     })
 }
 
-fn parse_file<R: Read>(
-    r: &mut Reader<R>,
-    block_size: u32,
-    path: &str,
-) -> Result<FileEntry, DeltaError> {
+fn parse_file<R: Read>(r: &mut Reader<R>, block_size: u32, path: &str) -> Result<FileEntry, DeltaError> {
     let size = r.var("file size")?;
     if size > MAX_FILE_SIZE {
         return Err(DeltaError::corrupt(format!("{path:?}: file size {size} out of range")));
@@ -324,42 +278,21 @@ fn parse_file<R: Read>(
                         let pack = r.u32("run pack")?;
                         let offset = r.var("run offset")?;
                         let stored = r.var("run stored length")?;
-                        let comp = if c == COMP_ZSTD {
-                            Compression::Zstd
-                        } else {
-                            Compression::Raw
-                        };
+                        let comp = if c == COMP_ZSTD { Compression::Zstd } else { Compression::Raw };
                         (comp, pack, offset, stored)
                     }
                     c => {
-                        return Err(DeltaError::corrupt(format!(
-                            "{path:?}: unknown compression {c}"
-                        )));
+                        return Err(DeltaError::corrupt(format!("{path:?}: unknown compression {c}")));
                     }
                 };
                 let raw_len = r.var("run raw length")?;
-                runs.push(BlockRun {
-                    first_block,
-                    count,
-                    pack,
-                    offset,
-                    stored_len,
-                    raw_len,
-                    compression,
-                });
+                runs.push(BlockRun { first_block, count, pack, offset, stored_len, raw_len, compression });
             }
             FileContent::Stored(runs)
         }
         t => return Err(DeltaError::corrupt(format!("{path:?}: unknown content tag {t}"))),
     };
-    Ok(FileEntry {
-        size,
-        inode,
-        ctime,
-        blake3,
-        block_hashes,
-        content,
-    })
+    Ok(FileEntry { size, inode, ctime, blake3, block_hashes, content })
 }
 
 /// Check every invariant the rest of the crate relies on.
@@ -367,13 +300,9 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
     let h = &m.header;
     let bad = |msg: String| Err(DeltaError::corrupt(msg));
     if h.format_version != FORMAT_VERSION {
-        return Err(DeltaError::UnsupportedVersion {
-            found: h.format_version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(DeltaError::UnsupportedVersion { found: h.format_version, supported: FORMAT_VERSION });
     }
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) || !h.block_size.is_power_of_two()
-    {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) || !h.block_size.is_power_of_two() {
         return bad(format!("block size {} out of range", h.block_size));
     }
     if let Some(p) = &h.parent {
@@ -414,18 +343,12 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
         if i > 0 {
             let prev = &m.entries[i - 1].path;
             if e.path.as_str() <= prev.as_str() {
-                return bad(format!(
-                    "entries not sorted or duplicated: {:?} after {:?}",
-                    e.path, prev
-                ));
+                return bad(format!("entries not sorted or duplicated: {:?} after {:?}", e.path, prev));
             }
             check_rel_path(&e.path)?;
             let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
             if !dirs.contains(parent) {
-                return bad(format!(
-                    "{:?}: parent {:?} is not a directory entry",
-                    e.path, parent
-                ));
+                return bad(format!("{:?}: parent {:?} is not a directory entry", e.path, parent));
             }
         }
         match &e.kind {
@@ -443,10 +366,7 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
                     .ok()
                     .is_some_and(|j| matches!(m.entries[j].kind, EntryKind::File(_)));
                 if !ok {
-                    return bad(format!(
-                        "{:?}: hard link to {to:?}, which is not an earlier file entry",
-                        e.path
-                    ));
+                    return bad(format!("{:?}: hard link to {to:?}, which is not an earlier file entry", e.path));
                 }
             }
             EntryKind::File(f) => validate_file(m, &e.path, f, bs)?,
@@ -466,11 +386,7 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
     }
     let nblocks = block_count(f.size, h.block_size);
     if f.block_hashes.len() as u64 != nblocks {
-        return bad(format!(
-            "{} block hashes for {} blocks",
-            f.block_hashes.len(),
-            nblocks
-        ));
+        return bad(format!("{} block hashes for {} blocks", f.block_hashes.len(), nblocks));
     }
     let runs = match &f.content {
         FileContent::Unchanged => {
@@ -492,10 +408,7 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
         }
         let end = r.first_block.saturating_add(r.count);
         if end > nblocks {
-            return bad(format!(
-                "block run {}..{} beyond the file's {} blocks",
-                r.first_block, end, nblocks
-            ));
+            return bad(format!("block run {}..{} beyond the file's {} blocks", r.first_block, end, nblocks));
         }
         prev_end = end;
         covered += r.count;
@@ -538,9 +451,7 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
         }
     }
     if h.parent.is_none() && covered != nblocks {
-        return bad(format!(
-            "backup without parent stores {covered} of {nblocks} blocks"
-        ));
+        return bad(format!("backup without parent stores {covered} of {nblocks} blocks"));
     }
     Ok(())
 }
@@ -572,9 +483,7 @@ pub(crate) fn valid_pack_name(name: &str) -> bool {
         && name.len() <= 128
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
@@ -672,7 +581,6 @@ impl<R: Read> Reader<R> {
     }
 
     fn string(&mut self, what: &str) -> Result<String, DeltaError> {
-        String::from_utf8(self.bytes(what)?)
-            .map_err(|_| DeltaError::corrupt(format!("{what} is not UTF-8")))
+        String::from_utf8(self.bytes(what)?).map_err(|_| DeltaError::corrupt(format!("{what} is not UTF-8")))
     }
 }

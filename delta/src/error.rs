@@ -53,11 +53,7 @@ pub enum DeltaError {
 
     /// A link of a chain is inconsistent with the chain (1-based position).
     #[error("link {position} (backup {backup_id}): {reason}")]
-    Chain {
-        position: usize,
-        backup_id: Uuid,
-        reason: String,
-    },
+    Chain { position: usize, backup_id: Uuid, reason: String },
 
     /// Reading a byte range of a pack through [`crate::PackSource`] failed.
     #[error("backup {backup_id}, pack {pack}: reading {len} bytes at offset {offset}: {source}")]
@@ -72,12 +68,7 @@ pub enum DeltaError {
 
     /// Pack bytes were read but are not what the manifest describes.
     #[error("backup {backup_id}, pack {pack}, offset {offset}: {reason}")]
-    PackData {
-        backup_id: Uuid,
-        pack: String,
-        offset: u64,
-        reason: String,
-    },
+    PackData { backup_id: Uuid, pack: String, offset: u64, reason: String },
 
     /// The restore target is unusable (missing, not empty, symlink in path).
     #[error("restore target {path}: {reason}", path = .path.display())]
@@ -91,22 +82,12 @@ pub enum DeltaError {
     #[error(
         "file {path}: restored content has blake3 {actual}, link {position} (backup {backup_id}) records {expected}"
     )]
-    ContentMismatch {
-        path: String,
-        position: usize,
-        backup_id: Uuid,
-        expected: String,
-        actual: String,
-    },
+    ContentMismatch { path: String, position: usize, backup_id: Uuid, expected: String, actual: String },
 }
 
 impl DeltaError {
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
-        DeltaError::Io {
-            path: path.into(),
-            op,
-            source,
-        }
+        DeltaError::Io { path: path.into(), op, source }
     }
 
     pub(crate) fn corrupt(msg: impl Into<String>) -> Self {

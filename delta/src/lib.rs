@@ -41,8 +41,8 @@ pub use chain::{ChainLink, verify_chain};
 pub use codec::{MAX_MANIFEST_DECODED, MAX_RUN_RAW, decode_manifest, encode_manifest, validate};
 pub use error::DeltaError;
 pub use manifest::{
-    BlockHash, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, Header, Manifest,
-    PackRef, ParentRef, Timestamp, block_count, block_hash, checksum,
+    BlockHash, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, Header, Manifest, PackRef, ParentRef,
+    Timestamp, block_count, block_hash, checksum,
 };
 pub use restore::{PackSource, RestoreStats, restore_chain};
 
@@ -68,11 +68,7 @@ pub struct BackupOptions {
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions {
-            block_size: 16 << 10,
-            pack_target_size: 64 << 20,
-            zstd_level: 1,
-        }
+        BackupOptions { block_size: 16 << 10, pack_target_size: 64 << 20, zstd_level: 1 }
     }
 }
 

@@ -83,9 +83,13 @@ pub struct Entry {
 pub enum EntryKind {
     Dir,
     File(FileEntry),
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     /// Same inode as the `File` entry at `to`, which sorts earlier.
-    HardLink { to: String },
+    HardLink {
+        to: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,10 +167,7 @@ impl FileEntry {
 impl Manifest {
     /// Entry at `path` (binary search; entries are sorted).
     pub fn find(&self, path: &str) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.path.as_str().cmp(path)).ok().map(|i| &self.entries[i])
     }
 
     /// The regular file whose content `path` has in this manifest, following

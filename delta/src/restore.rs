@@ -35,8 +35,7 @@ use crate::manifest::*;
 /// object storage). `Sync` so a restore can later fetch in parallel.
 pub trait PackSource: Sync {
     /// Exactly `len` bytes at `offset` of pack `pack` of backup `backup_id`.
-    fn read_range(&self, backup_id: Uuid, pack: &str, offset: u64, len: u64)
-    -> io::Result<Vec<u8>>;
+    fn read_range(&self, backup_id: Uuid, pack: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
 }
 
 /// What a restore wrote.
@@ -88,12 +87,13 @@ pub fn restore_chain(
         let path = target.join(&e.path);
         check_parent_dir(target, &path)?;
         match &e.kind {
-            EntryKind::Dir => fs::create_dir(&path)
-                .map_err(|err| DeltaError::io(&path, "creating directory", err))?,
-            EntryKind::Symlink { target: t } => std::os::unix::fs::symlink(t, &path)
-                .map_err(|err| DeltaError::io(&path, "creating symlink", err))?,
-            EntryKind::HardLink { to } => fs::hard_link(target.join(to), &path)
-                .map_err(|err| DeltaError::io(&path, "creating hard link", err))?,
+            EntryKind::Dir => fs::create_dir(&path).map_err(|err| DeltaError::io(&path, "creating directory", err))?,
+            EntryKind::Symlink { target: t } => {
+                std::os::unix::fs::symlink(t, &path).map_err(|err| DeltaError::io(&path, "creating symlink", err))?
+            }
+            EntryKind::HardLink { to } => {
+                fs::hard_link(target.join(to), &path).map_err(|err| DeltaError::io(&path, "creating hard link", err))?
+            }
             EntryKind::File(f) => {
                 let file = OpenOptions::new()
                     .write(true)
@@ -101,12 +101,8 @@ pub fn restore_chain(
                     .mode(0o600)
                     .open(&path)
                     .map_err(|err| DeltaError::io(&path, "creating file", err))?;
-                file.set_len(f.size)
-                    .map_err(|err| DeltaError::io(&path, "setting file size", err))?;
-                inodes[idx] = file
-                    .metadata()
-                    .map_err(|err| DeltaError::io(&path, "reading metadata", err))?
-                    .ino();
+                file.set_len(f.size).map_err(|err| DeltaError::io(&path, "setting file size", err))?;
+                inodes[idx] = file.metadata().map_err(|err| DeltaError::io(&path, "reading metadata", err))?.ino();
                 stats.files += 1;
             }
         }
@@ -126,9 +122,7 @@ pub fn restore_chain(
             }
             let data = &decoded.as_ref().expect("just decoded").1;
             let e = &last.entries[p.entry];
-            let EntryKind::File(f) = &e.kind else {
-                unreachable!("pieces are only planned for files")
-            };
+            let EntryKind::File(f) = &e.kind else { unreachable!("pieces are only planned for files") };
             let pack_name = &header.packs[p.run.pack as usize].name;
             let bsu = u64::from(bs);
             let start = (p.from - p.run.first_block) * bsu;
@@ -137,17 +131,12 @@ pub fn restore_chain(
                 let off = (j - p.run.first_block) * bsu;
                 let len = bsu.min(p.run.raw_len - off);
                 let block = &data[off as usize..(off + len) as usize];
-                if block_hash(block) != f.block_hashes[j as usize]
-                    || j * bsu + len > f.size
-                {
+                if block_hash(block) != f.block_hashes[j as usize] || j * bsu + len > f.size {
                     return Err(DeltaError::PackData {
                         backup_id: header.backup_id,
                         pack: pack_name.clone(),
                         offset: p.run.offset,
-                        reason: format!(
-                            "block {j} of file {} does not match its hash in the last manifest",
-                            e.path
-                        ),
+                        reason: format!("block {j} of file {} does not match its hash in the last manifest", e.path),
                     });
                 }
                 end = off + len;
@@ -185,11 +174,7 @@ pub fn restore_chain(
 
     // 5. Metadata, deepest first (reverse sorted order), root last.
     for e in last.entries.iter().rev() {
-        let path = if e.path.is_empty() {
-            target.to_path_buf()
-        } else {
-            target.join(&e.path)
-        };
+        let path = if e.path.is_empty() { target.to_path_buf() } else { target.join(&e.path) };
         set_metadata(&path, e)?;
     }
     Ok(stats)
@@ -213,9 +198,7 @@ fn resolve_file(
             let first = resolved.iter().position(|r| !r).unwrap_or(0);
             return Err(DeltaError::Resolve {
                 path: path.to_string(),
-                reason: format!(
-                    "block {first} is not stored by any link of the chain ({remaining} blocks missing)"
-                ),
+                reason: format!("block {first} is not stored by any link of the chain ({remaining} blocks missing)"),
             });
         }
         k -= 1;
@@ -259,12 +242,7 @@ fn resolve_file(
                                 }
                             }
                         } else {
-                            plan[k].push(Piece {
-                                entry: idx,
-                                run: *run,
-                                from: s,
-                                to: i,
-                            });
+                            plan[k].push(Piece { entry: idx, run: *run, from: s, to: i });
                         }
                     }
                     _ => {}
@@ -296,9 +274,8 @@ fn resolve_file(
 
 fn fetch_run(packs: &dyn PackSource, h: &Header, run: &BlockRun) -> Result<Vec<u8>, DeltaError> {
     let pack = &h.packs[run.pack as usize].name;
-    let data = packs
-        .read_range(h.backup_id, pack, run.offset, run.stored_len)
-        .map_err(|source| DeltaError::PackRead {
+    let data =
+        packs.read_range(h.backup_id, pack, run.offset, run.stored_len).map_err(|source| DeltaError::PackRead {
             backup_id: h.backup_id,
             pack: pack.clone(),
             offset: run.offset,
@@ -312,33 +289,23 @@ fn fetch_run(packs: &dyn PackSource, h: &Header, run: &BlockRun) -> Result<Vec<u
         reason,
     };
     if data.len() as u64 != run.stored_len {
-        return Err(fail(format!(
-            "truncated: got {} of {} bytes",
-            data.len(),
-            run.stored_len
-        )));
+        return Err(fail(format!("truncated: got {} of {} bytes", data.len(), run.stored_len)));
     }
     let raw = match run.compression {
         Compression::Raw => data,
-        Compression::Zstd => zstd::bulk::decompress(&data, run.raw_len as usize)
-            .map_err(|e| fail(format!("cannot decompress: {e}")))?,
+        Compression::Zstd => {
+            zstd::bulk::decompress(&data, run.raw_len as usize).map_err(|e| fail(format!("cannot decompress: {e}")))?
+        }
         Compression::Zero => unreachable!("zero runs are never fetched"),
     };
     if raw.len() as u64 != run.raw_len {
-        return Err(fail(format!(
-            "decoded {} bytes, manifest says {}",
-            raw.len(),
-            run.raw_len
-        )));
+        return Err(fail(format!("decoded {} bytes, manifest says {}", raw.len(), run.raw_len)));
     }
     Ok(raw)
 }
 
 fn check_target(target: &Path) -> Result<(), DeltaError> {
-    let fail = |reason: &str| DeltaError::Target {
-        path: target.to_path_buf(),
-        reason: reason.to_string(),
-    };
+    let fail = |reason: &str| DeltaError::Target { path: target.to_path_buf(), reason: reason.to_string() };
     let meta = fs::symlink_metadata(target).map_err(|e| fail(&e.to_string()))?;
     if meta.file_type().is_symlink() {
         return Err(fail("is a symlink"));
@@ -369,23 +336,12 @@ fn check_parent_dir(target: &Path, path: &Path) -> Result<(), DeltaError> {
 fn reopen(path: &PathBuf, inode: u64) -> Result<File, DeltaError> {
     let meta = fs::symlink_metadata(path).map_err(|e| DeltaError::io(path, "checking file", e))?;
     if !meta.is_file() || meta.ino() != inode {
-        return Err(DeltaError::Target {
-            path: path.clone(),
-            reason: "file was replaced during the restore".into(),
-        });
+        return Err(DeltaError::Target { path: path.clone(), reason: "file was replaced during the restore".into() });
     }
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| DeltaError::io(path, "opening for writing", e))?;
-    let m = f
-        .metadata()
-        .map_err(|e| DeltaError::io(path, "reading metadata", e))?;
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| DeltaError::io(path, "opening for writing", e))?;
+    let m = f.metadata().map_err(|e| DeltaError::io(path, "reading metadata", e))?;
     if m.ino() != inode {
-        return Err(DeltaError::Target {
-            path: path.clone(),
-            reason: "file was replaced during the restore".into(),
-        });
+        return Err(DeltaError::Target { path: path.clone(), reason: "file was replaced during the restore".into() });
     }
     Ok(f)
 }
@@ -413,11 +369,7 @@ fn set_metadata(path: &Path, e: &Entry) -> Result<(), DeltaError> {
     // Ownership first: chown clears setuid/setgid, chmod restores them.
     match std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid)) {
         Ok(()) => {}
-        Err(err)
-            if matches!(
-                err.kind(),
-                io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
-            ) => {}
+        Err(err) if matches!(err.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput) => {}
         Err(err) => return Err(DeltaError::io(path, "setting owner", err)),
     }
     let mtime = filetime::FileTime::from_unix_time(e.mtime.sec, e.mtime.nsec);
@@ -427,6 +379,5 @@ fn set_metadata(path: &Path, e: &Entry) -> Result<(), DeltaError> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
         .map_err(|err| DeltaError::io(path, "setting mode", err))?;
-    filetime::set_file_times(path, mtime, mtime)
-        .map_err(|err| DeltaError::io(path, "setting times", err))
+    filetime::set_file_times(path, mtime, mtime).map_err(|err| DeltaError::io(path, "setting times", err))
 }

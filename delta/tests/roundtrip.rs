@@ -15,13 +15,7 @@ fn full_backup_restores_identical_tree() {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     let mut r = rng(1);
-    for (name, len) in [
-        ("empty", 0),
-        ("one", 1),
-        ("bs-1", BS - 1),
-        ("bs", BS),
-        ("bs+1", BS + 1),
-    ] {
+    for (name, len) in [("empty", 0), ("one", 1), ("bs-1", BS - 1), ("bs", BS), ("bs+1", BS + 1)] {
         write(&s.join("sizes").join(name), &random_bytes(&mut r, len));
     }
     write(&s.join("big/random.bin"), &random_bytes(&mut r, 3 << 20));
@@ -59,10 +53,7 @@ fn full_backup_restores_identical_tree() {
         assert_eq!(bytes.len() as u64, p.size);
         assert_eq!(checksum(&bytes), p.blake3);
     }
-    assert_eq!(
-        out.stored_bytes,
-        out.packs.iter().map(|p| p.size).sum::<u64>() + out.manifest_bytes.len() as u64
-    );
+    assert_eq!(out.stored_bytes, out.packs.iter().map(|p| p.size).sum::<u64>() + out.manifest_bytes.len() as u64);
     assert_eq!(out.stats.files_read, 13);
     assert_eq!(out.stats.files_referenced, 0);
     assert_eq!(out.stats.symlinks, 3);
@@ -99,11 +90,7 @@ fn sparse_file_stays_sparse() {
     assert_eq!(stats.blocks_written, 3);
     let m = fs::metadata(target.path().join("sparse.db")).unwrap();
     assert_eq!(m.len(), 8 << 20);
-    assert!(
-        m.blocks() * 512 <= 256 << 10,
-        "restored file allocates {} bytes",
-        m.blocks() * 512
-    );
+    assert!(m.blocks() * 512 <= 256 << 10, "restored file allocates {} bytes", m.blocks() * 512);
 }
 
 #[test]
@@ -125,12 +112,7 @@ fn hard_links_restored_as_hard_links() {
     // The first link in manifest order carries the content.
     let first = out.manifest.find("a-second").unwrap();
     assert!(matches!(first.kind, EntryKind::File(_)));
-    assert_eq!(
-        out.manifest.find("z/first").unwrap().kind,
-        EntryKind::HardLink {
-            to: "a-second".into()
-        }
-    );
+    assert_eq!(out.manifest.find("z/first").unwrap().kind, EntryKind::HardLink { to: "a-second".into() });
 
     let (target, _) = chain.restore(0);
     let t = target.path();
@@ -193,26 +175,14 @@ fn invalid_options_rejected() {
     let src = tempfile::tempdir().unwrap();
     let staging = tempfile::tempdir().unwrap();
     for opts in [
-        BackupOptions {
-            block_size: 3000,
-            ..Default::default()
-        },
-        BackupOptions {
-            block_size: 2 << 20,
-            ..Default::default()
-        },
-        BackupOptions {
-            pack_target_size: 0,
-            ..Default::default()
-        },
+        BackupOptions { block_size: 3000, ..Default::default() },
+        BackupOptions { block_size: 2 << 20, ..Default::default() },
+        BackupOptions { pack_target_size: 0, ..Default::default() },
     ] {
         let err = backup_tree(
             src.path(),
             None,
-            LinkIds {
-                backup_id: uuid::Uuid::new_v4(),
-                instance_id: uuid::Uuid::new_v4(),
-            },
+            LinkIds { backup_id: uuid::Uuid::new_v4(), instance_id: uuid::Uuid::new_v4() },
             &opts,
             staging.path(),
             &mut |_| {},

@@ -41,24 +41,15 @@ pub fn snapshot(root: &Path) -> Snapshot {
 }
 
 fn walk(root: &Path, rel: &str, out: &mut Snapshot) {
-    let path = if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(rel)
-    };
+    let path = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
     let m = fs::symlink_metadata(&path).unwrap();
     let ft = m.file_type();
     let kind = if ft.is_dir() {
         Kind::Dir
     } else if ft.is_symlink() {
-        Kind::Symlink {
-            target: fs::read_link(&path).unwrap().to_str().unwrap().to_string(),
-        }
+        Kind::Symlink { target: fs::read_link(&path).unwrap().to_str().unwrap().to_string() }
     } else if ft.is_file() {
-        Kind::File {
-            size: m.len(),
-            hash: blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string(),
-        }
+        Kind::File { size: m.len(), hash: blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string() }
     } else {
         return; // special files are not part of the comparison
     };
@@ -75,11 +66,7 @@ fn walk(root: &Path, rel: &str, out: &mut Snapshot) {
     if kind == Kind::Dir {
         for de in fs::read_dir(&path).unwrap() {
             let name = de.unwrap().file_name().into_string().unwrap();
-            let child = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             walk(root, &child, out);
         }
     }
@@ -100,11 +87,7 @@ pub fn assert_same(expected: &Snapshot, actual: &Snapshot, what: &str) {
             problems.push(format!("unexpected {p:?}"));
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{what}: trees differ:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "{what}: trees differ:\n{}", problems.join("\n"));
 }
 
 /// Serves pack ranges from the staging directories of each backup.
@@ -115,10 +98,7 @@ pub struct DirPacks {
 
 impl PackSource for DirPacks {
     fn read_range(&self, backup_id: Uuid, pack: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let dir = self
-            .dirs
-            .get(&backup_id)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "unknown backup"))?;
+        let dir = self.dirs.get(&backup_id).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "unknown backup"))?;
         let f = fs::File::open(dir.join(pack))?;
         let mut buf = vec![0u8; len as usize];
         let mut filled = 0;
@@ -161,18 +141,12 @@ impl Chain {
         let id = Uuid::new_v4();
         let staging = self.tmp.path().join(id.to_string());
         fs::create_dir(&staging).unwrap();
-        let parent = self
-            .links
-            .last()
-            .map(|l| (&l.manifest, l.checksum.as_str()));
+        let parent = self.links.last().map(|l| (&l.manifest, l.checksum.as_str()));
         let mut calls = Vec::new();
         let out = backup_tree(
             src,
             parent,
-            LinkIds {
-                backup_id: id,
-                instance_id: self.instance,
-            },
+            LinkIds { backup_id: id, instance_id: self.instance },
             &self.opts,
             &staging,
             &mut |p| calls.push(p),
@@ -194,10 +168,8 @@ impl Chain {
     pub fn restore(&self, k: usize) -> (TempDir, RestoreStats) {
         let target = tempfile::tempdir().unwrap();
         let mut steps = Vec::new();
-        let stats = restore_chain(&self.links[..=k], &self.packs, target.path(), &mut |s, n| {
-            steps.push((s, n))
-        })
-        .unwrap();
+        let stats =
+            restore_chain(&self.links[..=k], &self.packs, target.path(), &mut |s, n| steps.push((s, n))).unwrap();
         let want: Vec<_> = (1..=k + 1).map(|s| (s, k + 1)).collect();
         assert_eq!(steps, want, "on_step called once per link, root first");
         (target, stats)
@@ -244,16 +216,8 @@ pub fn chmod(path: &Path, mode: u32) {
 pub fn stamp_all(root: &Path, rng: &mut StdRng) {
     let snap = snapshot(root);
     for p in snap.keys().rev() {
-        let path = if p.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(p)
-        };
-        set_mtime(
-            &path,
-            rng.random_range(1_000_000_000..1_700_000_000),
-            rng.random_range(0..1_000_000_000),
-        );
+        let path = if p.is_empty() { root.to_path_buf() } else { root.join(p) };
+        set_mtime(&path, rng.random_range(1_000_000_000..1_700_000_000), rng.random_range(0..1_000_000_000));
     }
 }
 
