@@ -13,7 +13,8 @@
 //! rows and drops the message. A status never moves backwards.
 //!
 //! A running job is owned through a lease (`lease_owner`, `lease_expires`)
-//! that the worker's heartbeat extends. Every move a running job makes is
+//! that the worker's heartbeat extends. A finished job keeps `lease_owner`
+//! (who ran it) and clears `lease_expires`, so it can never be claimed again. Every move a running job makes is
 //! also conditional on still owning the lease, so a worker that stalled past
 //! its lease and was taken over cannot overwrite its successor's result.
 //!
@@ -45,7 +46,7 @@ fn lease_secs(lease: Duration) -> Value {
 #[derive(Debug)]
 pub enum BackupClaim {
     /// This worker owns the backup now (status `BUILDING`).
-    Claimed(backup::Model),
+    Claimed(Box<backup::Model>),
     /// Not runnable yet: its parent is not `COMPLETED`, or another backup of
     /// the instance is running. It is re-enqueued when that one ends.
     Waiting(String),
@@ -77,7 +78,7 @@ pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
         vec![id.into(), worker.into(), lease_secs(lease)],
     );
     match backup::Entity::find().from_raw_sql(claim).one(db).await {
-        Ok(Some(row)) => return Ok(BackupClaim::Claimed(row)),
+        Ok(Some(row)) => return Ok(BackupClaim::Claimed(Box::new(row))),
         Ok(None) => {}
         Err(e) if is_unique_violation(&e) => {
             return Ok(BackupClaim::Waiting("another backup of this instance is running".into()));
@@ -176,7 +177,7 @@ pub async fn complete_backup<C: ConnectionTrait + TransactionTrait>(
         .from_raw_sql(stmt(
             r#"UPDATE backups SET status = 'COMPLETED', checksum = $3, bytes = $4, location_ref = $5,
                       artifact_prefix = $6, progress_done = progress_total,
-                      lease_owner = NULL, lease_expires = NULL, updated = now()
+                      lease_expires = NULL, updated = now()
                 WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')
             RETURNING *"#,
             vec![
@@ -212,7 +213,7 @@ pub async fn fail_backup<C: ConnectionTrait>(
         .from_raw_sql(match worker {
             Some(worker) => stmt(
                 r#"UPDATE backups SET status = 'FAILED', fail_reason = $3,
-                          lease_owner = NULL, lease_expires = NULL, updated = now()
+                          lease_expires = NULL, updated = now()
                     WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')
                 RETURNING *"#,
                 vec![id.into(), worker.into(), reason.into()],
@@ -412,7 +413,7 @@ pub async fn finish_restore<C: ConnectionTrait>(
         .execute_raw(stmt(
             r#"UPDATE instances SET status = $3, fail_reason = $4,
                       restore_step = COALESCE($5, restore_step), restore_steps = COALESCE($5, restore_steps),
-                      lease_owner = NULL, lease_expires = NULL, updated = now()
+                      lease_expires = NULL, updated = now()
                 WHERE id = $1 AND lease_owner = $2 AND status = 'BUILD'"#,
             vec![id.into(), worker.into(), status.as_str().into(), reason.into(), steps.into()],
         ))

@@ -32,7 +32,7 @@ pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
     };
     let span =
         tracing::info_span!("backup", backup_id = %row.id, instance_id = %row.instance_id, attempt = row.attempts);
-    execute(ctx, row).instrument(span).await
+    execute(ctx, *row).instrument(span).await
 }
 
 async fn execute(ctx: &JobContext, row: backup::Model) -> anyhow::Result<()> {

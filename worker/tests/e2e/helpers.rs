@@ -1,0 +1,324 @@
+//! `spawn_app()`: every test starts from its own deployment — a database
+//! with a uuid name, its own queue prefix on the shared broker, its own data
+//! directory — with the real API router on port 0 and real workers, so tests
+//! run in parallel and never see each other.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cairn_shared::{Config, queue::Topology};
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// One isolated deployment.
+pub struct TestApp {
+    pub base: String,
+    pub project: String,
+    pub client: reqwest::Client,
+    pub db: DatabaseConnection,
+    pub config: Config,
+    /// Held so the directory lives as long as the app.
+    _data: tempfile::TempDir,
+    shutdown: CancellationToken,
+    workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    processes: Vec<Child>,
+    db_name: String,
+}
+
+/// Starts an API and `workers` in-process workers.
+pub async fn spawn_app(workers: usize) -> TestApp {
+    let data = tempfile::Builder::new().prefix("cairn-test-").tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    std::fs::create_dir_all(dir.join("volumes")).unwrap();
+    let db_name = format!("cairn_test_{}", Uuid::new_v4().simple());
+    let config = Config {
+        database_url: format!("{PG}/{db_name}"),
+        amqp_url: AMQP.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        storage_url: format!("file://{}", dir.join("artifacts").display()),
+        volume_roots: vec![dir.join("volumes")],
+        queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        worker_concurrency: 2,
+        lease: Duration::from_secs(10),
+        worker_id: "test-api".into(),
+        data_dir: dir,
+    };
+    let shutdown = CancellationToken::new();
+    let api = cairn_api::Application::start(&config, shutdown.clone()).await.expect("API starts");
+    let db = cairn_shared::db::connect(&config.database_url).await.unwrap();
+    let mut app = TestApp {
+        base: format!("http://{}/v1.0", api.addr),
+        project: format!("p{}", &Uuid::new_v4().simple().to_string()[..12]),
+        client: reqwest::Client::new(),
+        db,
+        config,
+        _data: data,
+        shutdown,
+        workers: Vec::new(),
+        processes: Vec::new(),
+        db_name,
+    };
+    for _ in 0..workers {
+        app.start_worker().await;
+    }
+    app
+}
+
+impl TestApp {
+    /// Starts one more in-process worker.
+    pub async fn start_worker(&mut self) {
+        let mut config = self.config.clone();
+        config.worker_id = format!("worker-{}", self.workers.len() + 1);
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(cairn_worker::run(config, stop.clone()));
+        self.workers.push((stop, handle));
+    }
+
+    /// Starts the real `cairn-worker` binary, configured like this app.
+    pub fn start_worker_process(&mut self, id: &str) {
+        let c = &self.config;
+        let log = std::fs::File::create(c.data_dir.join(format!("{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn-worker"))
+            .env("CAIRN_DATABASE_URL", &c.database_url)
+            .env("CAIRN_AMQP_URL", &c.amqp_url)
+            .env("CAIRN_DATA_DIR", &c.data_dir)
+            .env("CAIRN_STORAGE_URL", &c.storage_url)
+            .env("CAIRN_VOLUME_ROOTS", c.volume_roots[0].as_os_str())
+            .env("CAIRN_QUEUE_PREFIX", &c.queue_prefix)
+            .env("CAIRN_WORKER_CONCURRENCY", "2")
+            .env("CAIRN_WORKER_ID", id)
+            .env("CAIRN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cairn-worker binary starts");
+        self.processes.push(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}{path}", self.base, self.project)
+    }
+
+    /// A URL in another project of the same deployment.
+    pub fn url_for(&self, project: &str, path: &str) -> String {
+        format!("{}/{project}{path}", self.base)
+    }
+
+    /// Stops every in-process worker and waits for it.
+    pub async fn stop_workers(&mut self) {
+        for (stop, handle) in self.workers.drain(..) {
+            stop.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    /// The directory volume instances live in.
+    pub fn volumes(&self) -> PathBuf {
+        self.config.volume_roots[0].clone()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: String) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.client.delete(self.url(path)).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers a volume instance at `dir` (created if missing); its id.
+    pub async fn register(&self, name: &str, dir: &Path) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let (status, body) = self
+            .post(
+                "/instances",
+                &json!({"instance": {"name": name, "datastore": {"type": "volume"}, "volume": {"path": dir}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["instance"]["status"], "ACTIVE");
+        body["instance"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts a backup; returns its JSON (status 202 asserted).
+    pub async fn backup(&self, instance: &str, name: &str, parent: Option<&str>) -> Value {
+        let mut b = json!({"name": name, "instance": instance});
+        if let Some(p) = parent {
+            b["parent_id"] = json!(p);
+        }
+        let (status, body) = self.post("/backups", &json!({ "backup": b })).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["backup"]["status"], "NEW");
+        body["backup"].clone()
+    }
+
+    /// Polls a backup until it reaches one of `done`; returns it.
+    pub async fn wait_backup(&self, id: &str, done: &[&str]) -> Value {
+        self.wait(&format!("/backups/{id}"), "backup", done).await
+    }
+
+    /// Polls an instance until it reaches one of `done`; returns it.
+    pub async fn wait_instance(&self, id: &str, done: &[&str]) -> Value {
+        self.wait(&format!("/instances/{id}"), "instance", done).await
+    }
+
+    async fn wait(&self, path: &str, key: &str, done: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            let s = body[key]["status"].as_str().unwrap().to_owned();
+            if done.contains(&s.as_str()) {
+                return body[key].clone();
+            }
+            assert!(Instant::now() < deadline, "{path} still {s} after 60 s: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Backs up and waits for COMPLETED; returns the completed backup.
+    pub async fn backup_completed(&self, instance: &str, name: &str, parent: Option<&str>) -> Value {
+        let b = self.backup(instance, name, parent).await;
+        let done = self.wait_backup(b["id"].as_str().unwrap(), &["COMPLETED", "FAILED"]).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        done
+    }
+
+    /// Restores `backup` into a new instance and waits for it; its JSON.
+    pub async fn restore(&self, name: &str, backup: &str) -> Value {
+        let (status, body) =
+            self.post("/instances", &json!({"instance": {"name": name, "restorePoint": {"backupRef": backup}}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["instance"]["status"], "BUILD");
+        self.wait_instance(body["instance"]["id"].as_str().unwrap(), &["ACTIVE", "ERROR"]).await
+    }
+
+    /// Runs one SQL query returning one i64 column `n`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for (stop, handle) in &self.workers {
+            stop.cancel();
+            handle.abort();
+        }
+        for child in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Clean up the database and the queues from a thread of its own:
+        // Drop cannot await, and the test's runtime may be shutting down.
+        let (db_name, prefix) = (self.db_name.clone(), self.config.queue_prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(conn) = lapin::Connection::connect(AMQP, Default::default()).await
+                    && let Ok(channel) = conn.create_channel().await
+                {
+                    let _ = Topology::new(&prefix).delete(&channel).await;
+                }
+                if let Ok(admin) = cairn_shared::db::connect(&format!("{PG}/postgres")).await {
+                    let _ =
+                        admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// What a restore must reproduce of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryState {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub mtime_ns: i128,
+    pub size: u64,
+    pub content: Option<String>,
+    pub target: Option<PathBuf>,
+}
+
+/// Every entry under `root` (the root itself as ""), by relative path.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, EntryState> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.unwrap();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let rel = entry.path().strip_prefix(root).unwrap().to_path_buf();
+        let ft = meta.file_type();
+        let (kind, content, target) = if ft.is_symlink() {
+            ("symlink", None, Some(std::fs::read_link(entry.path()).unwrap()))
+        } else if ft.is_dir() {
+            ("dir", None, None)
+        } else {
+            ("file", Some(blake3::hash(&std::fs::read(entry.path()).unwrap()).to_hex().to_string()), None)
+        };
+        let size = if ft.is_dir() { 0 } else { meta.len() };
+        let mode = if ft.is_symlink() { 0 } else { meta.permissions().mode() };
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        out.insert(rel, EntryState { kind, mode, mtime_ns, size, content, target });
+    }
+    out
+}
+
+/// Asserts two snapshots are identical, naming the first difference.
+pub fn assert_same_tree(expected: &BTreeMap<PathBuf, EntryState>, actual: &Path) {
+    let got = snapshot(actual);
+    for (path, want) in expected {
+        match got.get(path) {
+            None => panic!("{} is missing from the restore at {}", path.display(), actual.display()),
+            Some(have) => assert_eq!(have, want, "{} differs", path.display()),
+        }
+    }
+    for path in got.keys() {
+        assert!(expected.contains_key(path), "{} should not be in the restore", path.display());
+    }
+}
+
+/// Asserts a response is Trove's fault object with `code` and `fault`.
+pub fn assert_fault(status: StatusCode, body: &Value, code: u16, fault: &str) {
+    assert_eq!(status.as_u16(), code, "{body}");
+    assert_eq!(body[fault]["code"], code, "expected a {fault} fault: {body}");
+    assert!(body[fault]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: HTTP in, RabbitMQ, real workers, PostgreSQL and storage.
+//! One test binary (one link step) with a module per concern.
+
+mod bad_input;
+mod helpers;
+mod rules;
+mod scale_out;
+mod trees;
+mod walkthrough;
