@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_fault, spawn_app};
+use cairn_testkit::{TestApp, assert_fault, spawn_app};
 
 async fn rows(app: &TestApp) -> (i64, i64, i64) {
     (

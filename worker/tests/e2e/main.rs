@@ -2,8 +2,8 @@
 //! One test binary (one link step) with a module per concern.
 
 mod bad_input;
-mod helpers;
+mod openapi;
+mod openstack_client;
 mod rules;
 mod scale_out;
-mod trees;
 mod walkthrough;

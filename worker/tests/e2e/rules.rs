@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_fault, spawn_app};
+use cairn_testkit::{TestApp, assert_fault, spawn_app};
 
 async fn instance_with_data(app: &TestApp, name: &str) -> String {
     let dir = app.volumes().join(name);

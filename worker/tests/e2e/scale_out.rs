@@ -5,16 +5,17 @@ use std::collections::BTreeSet;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use crate::{
-    helpers::{assert_same_tree, snapshot, spawn_app},
+use cairn_testkit::{
+    assert_same_tree, snapshot, spawn_app,
     trees::{mutate, seed},
 };
 
 #[tokio::test]
 async fn two_worker_processes_share_the_work() {
     let mut app = spawn_app(0).await;
-    app.start_worker_process("proc-a");
-    app.start_worker_process("proc-b");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn-worker"));
+    app.start_worker_process(bin, "proc-a");
+    app.start_worker_process(bin, "proc-b");
 
     let mut instances = Vec::new();
     for i in 0..6 {

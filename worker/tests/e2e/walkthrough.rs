@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use crate::{
-    helpers::{assert_same_tree, snapshot, spawn_app},
+use cairn_testkit::{
+    assert_same_tree, snapshot, spawn_app,
     trees::{mutate, seed},
 };
 
