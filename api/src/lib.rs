@@ -19,6 +19,11 @@ use tower_http::trace::TraceLayer;
 /// Largest request body accepted; Trove's bodies are a few hundred bytes.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// The OpenAPI document of every route (also served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::routes().1
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -34,7 +39,7 @@ pub struct AppState {
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
-    routes::routes().layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(TraceLayer::new_for_http()).with_state(state)
+    routes::routes().0.layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(TraceLayer::new_for_http()).with_state(state)
 }
 
 /// A running API: its address and the task serving it.

@@ -27,12 +27,14 @@ use crate::{
     views,
 };
 
-#[derive(Deserialize)]
+/// `POST /backups` body.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
     backup: CreateBackup,
 }
 
-#[derive(Deserialize)]
+/// A backup to take.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateBackup {
     name: String,
     instance: String,
@@ -45,7 +47,7 @@ struct CreateBackup {
 }
 
 /// Trove's `incremental` is 0/1; accept booleans too.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Flag {
     Int(u8),
@@ -80,6 +82,11 @@ async fn find_backup<C: ConnectionTrait>(db: &C, project: &str, id: Uuid) -> Api
         .ok_or_else(|| ApiError::NotFound(format!("Backup {id} could not be found")))
 }
 
+/// Records a backup (full, or incremental on `parent_id`) and queues it.
+#[utoipa::path(post, path = "/backups", tag = "backups", params(("project_id" = String, Path, description = "The project (tenant)")), request_body = CreateBody,
+    responses((status = 202, description = "Accepted: the backup, status NEW"), (status = 400, description = "badRequest"),
+        (status = 404, description = "itemNotFound: no such instance"),
+        (status = 422, description = "unprocessableEntity: parent or instance state breaks a rule")))]
 pub async fn create(
     State(state): State<AppState>,
     Project(project): Project,
@@ -173,7 +180,9 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(json!({ "backup": views::backup(&row) }))))
 }
 
-#[derive(Deserialize)]
+/// Filters and paging of backup lists.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     instance_id: Option<String>,
     datastore: Option<String>,
@@ -240,6 +249,10 @@ async fn list_page(
     Ok(Json(body))
 }
 
+/// Lists the project's backups, newest first.
+#[utoipa::path(get, path = "/backups", tag = "backups", params(("project_id" = String, Path, description = "The project (tenant)"), ListQuery),
+    responses((status = 200, description = "`backups`, and `links` with `rel: next` while more remain"),
+        (status = 400, description = "badRequest: bad limit or marker")))]
 pub async fn list(
     State(state): State<AppState>,
     Project(project): Project,
@@ -253,6 +266,10 @@ pub async fn list(
     list_page(&state, &project, &base, "/backups", instance, &q).await
 }
 
+/// Lists one instance's backups, newest first.
+#[utoipa::path(get, path = "/instances/{instance_id}/backups", tag = "backups",
+    params(("project_id" = String, Path, description = "The project (tenant)"), ("instance_id" = String, Path, description = "The instance"), ListQuery),
+    responses((status = 200, description = "`backups`"), (status = 404, description = "itemNotFound")))]
 pub async fn list_of_instance(
     State(state): State<AppState>,
     Project(project): Project,
@@ -265,6 +282,10 @@ pub async fn list_of_instance(
     list_page(&state, &project, &base, &path, Some(inst.id), &q).await
 }
 
+/// Shows a backup, with `progress` while it runs.
+#[utoipa::path(get, path = "/backups/{backup_id}", tag = "backups",
+    params(("project_id" = String, Path, description = "The project (tenant)"), ("backup_id" = String, Path, description = "The backup")),
+    responses((status = 200, description = "`backup`"), (status = 404, description = "itemNotFound")))]
 pub async fn show(
     State(state): State<AppState>,
     Project(project): Project,
@@ -274,6 +295,11 @@ pub async fn show(
     Ok(Json(json!({ "backup": views::backup(&b) })))
 }
 
+/// Deletes a backup and all its descendants, with their stored objects.
+#[utoipa::path(delete, path = "/backups/{backup_id}", tag = "backups",
+    params(("project_id" = String, Path, description = "The project (tenant)"), ("backup_id" = String, Path, description = "The backup")),
+    responses((status = 202, description = "Accepted"), (status = 404, description = "itemNotFound"),
+        (status = 422, description = "unprocessableEntity: a descendant is running or a restore reads the chain")))]
 pub async fn delete(
     State(state): State<AppState>,
     Project(project): Project,

@@ -19,10 +19,16 @@ fn flavor_view(base: &str, (id, name, ram, vcpus): (&str, &str, u32, u32)) -> Va
     })
 }
 
+/// The static flavor list (Trove's client looks one up before a restore).
+#[utoipa::path(get, path = "/flavors", tag = "catalog", params(("project_id" = String, Path, description = "The project (tenant)")), responses((status = 200, description = "`flavors`")))]
 pub async fn flavors(_: Project, BaseUrl(base): BaseUrl) -> Json<Value> {
     Json(json!({ "flavors": FLAVORS.iter().map(|f| flavor_view(&base, *f)).collect::<Vec<_>>() }))
 }
 
+/// One flavor.
+#[utoipa::path(get, path = "/flavors/{flavor_id}", tag = "catalog",
+    params(("project_id" = String, Path, description = "The project (tenant)"), ("flavor_id" = String, Path, description = "The flavor")),
+    responses((status = 200, description = "`flavor`"), (status = 404, description = "itemNotFound")))]
 pub async fn flavor(
     _: Project,
     BaseUrl(base): BaseUrl,
@@ -35,6 +41,8 @@ pub async fn flavor(
     Ok(Json(json!({ "flavor": flavor_view(&base, *f) })))
 }
 
+/// The datastore types this deployment serves.
+#[utoipa::path(get, path = "/datastores", tag = "catalog", params(("project_id" = String, Path, description = "The project (tenant)")), responses((status = 200, description = "`datastores`")))]
 pub async fn datastores(_: Project) -> Json<Value> {
     let list: Vec<Value> = SERVED
         .iter()
@@ -48,6 +56,8 @@ pub async fn datastores(_: Project) -> Json<Value> {
     Json(json!({ "datastores": list }))
 }
 
+/// The API versions.
+#[utoipa::path(get, path = "/", tag = "catalog", responses((status = 200, description = "`versions`")))]
 pub async fn versions() -> Json<Value> {
     Json(json!({ "versions": [{ "id": "v1.0", "status": "CURRENT", "links": [] }] }))
 }

@@ -29,12 +29,13 @@ use crate::{
     views,
 };
 
-#[derive(Deserialize)]
+/// `POST /instances` body: register a volume, or restore a backup.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
     instance: CreateInstance,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateInstance {
     name: String,
@@ -48,7 +49,7 @@ struct CreateInstance {
     restore_point: Option<RestorePoint>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct DatastoreRef {
     #[serde(rename = "type", default)]
     kind: Option<String>,
@@ -56,7 +57,7 @@ struct DatastoreRef {
     version: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct VolumeSpec {
     #[serde(default)]
     size: Option<i32>,
@@ -65,7 +66,7 @@ struct VolumeSpec {
 }
 
 /// Trove clients send the flavor as a string, an id or a link.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum FlavorRef {
     Text(String),
@@ -81,12 +82,19 @@ impl FlavorRef {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RestorePoint {
     backup_ref: String,
 }
 
+/// Registers a volume instance (200, ACTIVE) or restores a backup into a new
+/// instance (200, BUILD, then ACTIVE or ERROR).
+#[utoipa::path(post, path = "/instances", tag = "instances", params(("project_id" = String, Path, description = "The project (tenant)")), request_body = CreateBody,
+    responses((status = 200, description = "`instance`"), (status = 400, description = "badRequest"),
+        (status = 404, description = "itemNotFound: no such backup"),
+        (status = 409, description = "conflict: the backup or a link of its chain is not COMPLETED"),
+        (status = 422, description = "unprocessableEntity: volume path refused")))]
 pub async fn create(
     State(state): State<AppState>,
     Project(project): Project,
@@ -231,6 +239,9 @@ async fn restore(
     Ok(row)
 }
 
+/// Lists the project's instances.
+#[utoipa::path(get, path = "/instances", tag = "instances", params(("project_id" = String, Path, description = "The project (tenant)")),
+    responses((status = 200, description = "`instances`")))]
 pub async fn list(
     State(state): State<AppState>,
     Project(project): Project,
@@ -245,6 +256,10 @@ pub async fn list(
     Ok(Json(json!({ "instances": rows.iter().map(|i| views::instance(i, &base)).collect::<Vec<_>>() })))
 }
 
+/// Shows an instance, with `restore` step k of N while it is restored.
+#[utoipa::path(get, path = "/instances/{instance_id}", tag = "instances",
+    params(("project_id" = String, Path, description = "The project (tenant)"), ("instance_id" = String, Path, description = "The instance")),
+    responses((status = 200, description = "`instance`"), (status = 404, description = "itemNotFound")))]
 pub async fn show(
     State(state): State<AppState>,
     Project(project): Project,
@@ -258,6 +273,10 @@ pub async fn show(
 /// Forgets an instance. Its backups stay (as in Trove), and so does its data
 /// on disk: a registered volume is the user's, and a restored one is left for
 /// the operator to remove.
+#[utoipa::path(delete, path = "/instances/{instance_id}", tag = "instances",
+    params(("project_id" = String, Path, description = "The project (tenant)"), ("instance_id" = String, Path, description = "The instance")),
+    responses((status = 202, description = "Accepted"), (status = 404, description = "itemNotFound"),
+        (status = 422, description = "unprocessableEntity: the instance is being restored")))]
 pub async fn delete(
     State(state): State<AppState>,
     Project(project): Project,

@@ -11,23 +11,46 @@ use axum::{
     routing::get,
 };
 
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
 use crate::{AppState, error::ApiError};
 
-pub fn routes() -> Router<AppState> {
-    let project = Router::new()
-        .route("/backups", get(backups::list).post(backups::create))
-        .route("/backups/{backup_id}", get(backups::show).delete(backups::delete))
-        .route("/instances", get(instances::list).post(instances::create))
-        .route("/instances/{instance_id}", get(instances::show).delete(instances::delete))
-        .route("/instances/{instance_id}/backups", get(backups::list_of_instance))
-        .route("/flavors", get(catalog::flavors))
-        .route("/flavors/{flavor_id}", get(catalog::flavor))
-        .route("/datastores", get(catalog::datastores));
-    Router::new()
+/// Every route with its OpenAPI description: a route is registered and
+/// documented by the same line, so the document cannot miss one.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let project = OpenApiRouter::new()
+        .routes(routes!(backups::list, backups::create))
+        .routes(routes!(backups::show, backups::delete))
+        .routes(routes!(instances::list, instances::create))
+        .routes(routes!(instances::show, instances::delete))
+        .routes(routes!(backups::list_of_instance))
+        .routes(routes!(catalog::flavors))
+        .routes(routes!(catalog::flavor))
+        .routes(routes!(catalog::datastores));
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1.0/{project_id}", project)
-        .route("/", get(catalog::versions))
-        .fallback(|| async { ApiError::NotFound("no such resource".into()) })
+        .routes(routes!(catalog::versions))
+        .split_for_parts();
+    doc.paths.paths.insert(
+        "/openapi.json".into(),
+        utoipa::openapi::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This document"))
+                .response("200", utoipa::openapi::Response::new("The OpenAPI document")),
+        ),
+    );
+    let served = doc.clone();
+    let router = router
+        .route("/openapi.json", get(move || async move { axum::Json(served) }))
+        .fallback(|| async { ApiError::NotFound("no such resource".into()) });
+    (router, doc)
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(info(title = "cairn", description = "Incremental backups with Trove's v1.0 API"))]
+struct ApiDoc;
 
 /// Largest name or description, in characters.
 const MAX_NAME: usize = 255;
