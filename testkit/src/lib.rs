@@ -1,3 +1,5 @@
+//! Test support for cairn's crates.
+//!
 //! `spawn_app()`: every test starts from its own deployment — a database
 //! with a uuid name, its own queue prefix on the shared broker, its own data
 //! directory — with the real API router on port 0 and real workers, so tests
@@ -10,6 +12,8 @@ use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+pub mod trees;
 
 use cairn_shared::{Config, queue::Topology};
 use reqwest::StatusCode;
@@ -85,11 +89,12 @@ impl TestApp {
         self.workers.push((stop, handle));
     }
 
-    /// Starts the real `cairn-worker` binary, configured like this app.
-    pub fn start_worker_process(&mut self, id: &str) {
+    /// Starts the real `cairn-worker` binary at `bin` (a test's
+    /// `env!("CARGO_BIN_EXE_cairn-worker")`), configured like this app.
+    pub fn start_worker_process(&mut self, bin: &Path, id: &str) {
         let c = &self.config;
         let log = std::fs::File::create(c.data_dir.join(format!("{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn-worker"))
+        let child = Command::new(bin)
             .env("CAIRN_DATABASE_URL", &c.database_url)
             .env("CAIRN_AMQP_URL", &c.amqp_url)
             .env("CAIRN_DATA_DIR", &c.data_dir)

@@ -9,6 +9,9 @@ use std::{sync::Arc, time::Duration};
 use cairn_shared::datastore::JobProgress;
 use tokio_util::sync::CancellationToken;
 
+/// How often a running job publishes its progress (and renews its lease).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// A running heartbeat; stops when dropped.
 pub struct Heartbeat {
     stop: CancellationToken,
@@ -22,7 +25,7 @@ impl Drop for Heartbeat {
     }
 }
 
-/// Beats every `lease / 3`, calling `beat(done, total)`; `beat` returns
+/// Beats every second (or `lease / 3` if shorter), calling `beat(done, total)`; `beat` returns
 /// `Ok(false)` when the lease is no longer ours.
 pub fn start<F, Fut>(lease: Duration, progress: Arc<JobProgress>, beat: F) -> Heartbeat
 where
@@ -32,7 +35,9 @@ where
     let stop = CancellationToken::new();
     let lost = CancellationToken::new();
     let (stop_task, lost_task) = (stop.clone(), lost.clone());
-    let period = (lease / 3).max(Duration::from_millis(500));
+    // Renewing a third of the way through the lease would be enough for the
+    // lease; progress wants fresher figures, so beat at least every second.
+    let period = (lease / 3).min(PROGRESS_EVERY).max(Duration::from_millis(200));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
