@@ -4,6 +4,10 @@
 //! with a uuid name, its own queue prefix on the shared broker, its own data
 //! directory — with the real API router on port 0 and real workers, so tests
 //! run in parallel and never see each other.
+//!
+//! `spawn_app_with()`: the same on other servers, e.g. a [`PrivatePostgres`]
+//! and a [`PrivateRabbit`] that a fault-injection test may stop and restart
+//! without disturbing the tests on the shared servers.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod servers;
 pub mod trees;
+
+pub use servers::{PrivatePostgres, PrivateRabbit};
 
 use cairn_shared::{Config, queue::Topology};
 use reqwest::StatusCode;
@@ -37,24 +44,84 @@ pub struct TestApp {
     shutdown: CancellationToken,
     workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     processes: Vec<Child>,
+    /// Worker processes sent SIGTERM: no longer counted, still reaped.
+    terminated: Vec<Child>,
     db_name: String,
+    /// `postgres://user@host:port` of the app's server, for cleaning up.
+    pg_base: String,
 }
 
-/// Starts an API and `workers` in-process workers.
+/// Which servers a deployment uses; `Default` = the shared ones, 10 s lease.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// A PostgreSQL server URL without a database
+    /// (`postgres://postgres@127.0.0.1:PORT`); the app gets a new database
+    /// on it. Default: the shared server on 5432.
+    pub pg_base_url: Option<String>,
+    /// A RabbitMQ URL. Default: the shared broker on 5672. The app's queues
+    /// carry a prefix of their own either way.
+    pub amqp_url: Option<String>,
+    /// How long a job's lease lives without a heartbeat. Default: 10 s.
+    pub lease: Option<Duration>,
+    /// Attempts before a job fails for good. Default: 3.
+    pub max_attempts: Option<u32>,
+    /// How long a stopping worker lets running jobs finish. Default: 5 s.
+    pub shutdown_grace: Option<Duration>,
+}
+
+impl AppOptions {
+    /// Uses `pg` instead of the shared PostgreSQL.
+    pub fn postgres(mut self, pg: &PrivatePostgres) -> Self {
+        self.pg_base_url = Some(pg.base_url());
+        self
+    }
+
+    /// Uses `rabbit` instead of the shared RabbitMQ.
+    pub fn rabbit(mut self, rabbit: &PrivateRabbit) -> Self {
+        self.amqp_url = Some(rabbit.url());
+        self
+    }
+
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = Some(grace);
+        self
+    }
+}
+
+/// Starts an API and `workers` in-process workers on the shared servers.
 pub async fn spawn_app(workers: usize) -> TestApp {
+    spawn_app_with(workers, AppOptions::default()).await
+}
+
+/// Starts an API and `workers` in-process workers on the servers `options`
+/// names. Drop the app before the servers it uses.
+pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
+    let pg_base = options.pg_base_url.unwrap_or_else(|| PG.to_owned()).trim_end_matches('/').to_owned();
     let data = tempfile::Builder::new().prefix("cairn-test-").tempdir().unwrap();
     let dir = data.path().to_path_buf();
     std::fs::create_dir_all(dir.join("volumes")).unwrap();
     let db_name = format!("cairn_test_{}", Uuid::new_v4().simple());
     let config = Config {
-        database_url: format!("{PG}/{db_name}"),
-        amqp_url: AMQP.into(),
+        database_url: format!("{pg_base}/{db_name}"),
+        amqp_url: options.amqp_url.unwrap_or_else(|| AMQP.to_owned()),
         listen: "127.0.0.1:0".parse().unwrap(),
         storage_url: format!("file://{}", dir.join("artifacts").display()),
         volume_roots: vec![dir.join("volumes")],
         queue_prefix: format!("test-{}", Uuid::new_v4().simple()),
         worker_concurrency: 2,
-        lease: Duration::from_secs(10),
+        lease: options.lease.unwrap_or(Duration::from_secs(10)),
+        max_attempts: options.max_attempts.unwrap_or(3),
+        shutdown_grace: options.shutdown_grace.unwrap_or(Duration::from_secs(5)),
         worker_id: "test-api".into(),
         data_dir: dir,
     };
@@ -71,7 +138,9 @@ pub async fn spawn_app(workers: usize) -> TestApp {
         shutdown,
         workers: Vec::new(),
         processes: Vec::new(),
+        terminated: Vec::new(),
         db_name,
+        pg_base,
     };
     for _ in 0..workers {
         app.start_worker().await;
@@ -90,9 +159,12 @@ impl TestApp {
     }
 
     /// Starts the real `cairn-worker` binary at `bin` (a test's
-    /// `env!("CARGO_BIN_EXE_cairn-worker")`), configured like this app.
+    /// `env!("CARGO_BIN_EXE_cairn-worker")`), configured like this app
+    /// (lease, attempts and grace included; whole seconds, rounded up, the
+    /// lease at least 2 s).
     pub fn start_worker_process(&mut self, bin: &Path, id: &str) {
         let c = &self.config;
+        let secs = |d: Duration| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).to_string();
         let log = std::fs::File::create(c.data_dir.join(format!("{id}.log"))).unwrap();
         let child = Command::new(bin)
             .env("CAIRN_DATABASE_URL", &c.database_url)
@@ -103,12 +175,40 @@ impl TestApp {
             .env("CAIRN_QUEUE_PREFIX", &c.queue_prefix)
             .env("CAIRN_WORKER_CONCURRENCY", "2")
             .env("CAIRN_WORKER_ID", id)
+            .env("CAIRN_LEASE_SECONDS", secs(c.lease.max(Duration::from_secs(2))))
+            .env("CAIRN_MAX_ATTEMPTS", c.max_attempts.to_string())
+            .env("CAIRN_SHUTDOWN_GRACE_SECONDS", secs(c.shutdown_grace))
             .env("CAIRN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("cairn-worker binary starts");
         self.processes.push(child);
+    }
+
+    /// The worker processes started and not yet killed or terminated, in
+    /// start order.
+    pub fn worker_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// `kill -9`s the `index`th running worker process (start order, killed
+    /// and terminated ones no longer counted) and reaps it.
+    pub fn kill_worker_process(&mut self, index: usize) {
+        let mut child = self.processes.remove(index);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Sends SIGTERM to the `index`th running worker process (counted as in
+    /// [`kill_worker_process`](Self::kill_worker_process)) and returns at
+    /// once: the worker shuts down gracefully in its own time. It is
+    /// killed on drop if it still runs.
+    pub fn terminate_worker_process(&mut self, index: usize) {
+        let child = self.processes.remove(index);
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "cannot send SIGTERM to worker process {}", child.id());
+        self.terminated.push(child);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -248,25 +348,37 @@ impl Drop for TestApp {
             stop.cancel();
             handle.abort();
         }
-        for child in &mut self.processes {
+        for child in self.processes.iter_mut().chain(&mut self.terminated) {
             let _ = child.kill();
             let _ = child.wait();
         }
         // Clean up the database and the queues from a thread of its own:
         // Drop cannot await, and the test's runtime may be shutting down.
+        // Briefly: a fault-injection test may have stopped the server.
         let (db_name, prefix) = (self.db_name.clone(), self.config.queue_prefix.clone());
+        let (amqp, admin_url) = (self.config.amqp_url.clone(), format!("{}/postgres", self.pg_base));
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                if let Ok(conn) = lapin::Connection::connect(AMQP, Default::default()).await
-                    && let Ok(channel) = conn.create_channel().await
-                {
-                    let _ = Topology::new(&prefix).delete(&channel).await;
-                }
-                if let Ok(admin) = cairn_shared::db::connect(&format!("{PG}/postgres")).await {
-                    let _ =
-                        admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")).await;
-                }
+                let limit = Duration::from_secs(5);
+                let _ = tokio::time::timeout(limit, async {
+                    if let Ok(conn) = lapin::Connection::connect(&amqp, Default::default()).await
+                        && let Ok(channel) = conn.create_channel().await
+                    {
+                        let _ = Topology::new(&prefix).delete(&channel).await;
+                    }
+                })
+                .await;
+                let _ = tokio::time::timeout(limit, async {
+                    let mut opts = sea_orm::ConnectOptions::new(admin_url);
+                    opts.max_connections(1).connect_timeout(Duration::from_secs(3)).sqlx_logging(false);
+                    if let Ok(admin) = sea_orm::Database::connect(opts).await {
+                        let _ = admin
+                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"))
+                            .await;
+                    }
+                })
+                .await;
             });
         })
         .join();
