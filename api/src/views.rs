@@ -50,6 +50,11 @@ pub fn backup(b: &backup::Model) -> Value {
         "bytes": b.bytes,
         "progress": progress,
         "fail_reason": b.fail_reason,
+        "verify": b.verify_status.as_ref().map(|status| json!({
+            "status": status,
+            "message": b.verify_message,
+            "checked_at": b.verified_at.as_ref().map(timestamp),
+        })),
     })
 }
 

@@ -8,6 +8,7 @@
 pub use sea_orm_migration::{async_trait, prelude::*};
 
 mod m20261125_000001_initial;
+mod m20261125_000002_retries_and_verify;
 
 /// Applies cairn's migrations in order.
 pub struct Migrator;
@@ -15,6 +16,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_initial::Migration)]
+        vec![Box::new(m20261125_000001_initial::Migration), Box::new(m20261125_000002_retries_and_verify::Migration)]
     }
 }

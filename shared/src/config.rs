@@ -37,6 +37,13 @@ pub struct Config {
     /// (`CAIRN_LEASE_SECONDS`, default 30). A job whose worker died is taken
     /// over once its lease has expired.
     pub lease: Duration,
+    /// How many times a job is attempted before it fails for good
+    /// (`CAIRN_MAX_ATTEMPTS`, default 3). Failures that retrying cannot fix
+    /// (a missing volume, a corrupted link) fail at once.
+    pub max_attempts: u32,
+    /// How long a stopping worker lets running jobs finish before it
+    /// releases them to other workers (`CAIRN_SHUTDOWN_GRACE_SECONDS`, 30).
+    pub shutdown_grace: Duration,
     /// Name of this process in leases and logs (`CAIRN_WORKER_ID`, default
     /// `<hostname>-<pid>`).
     pub worker_id: String,
@@ -71,6 +78,14 @@ impl Config {
                 .with_context(|| format!("CAIRN_LEASE_SECONDS={s:?} must be a number of seconds >= 2"))?,
             None => 30,
         };
+        let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match var(name) {
+                Some(v) => v.parse().with_context(|| format!("{name}={v:?} is not a whole number")),
+                None => Ok(default),
+            }
+        };
+        let max_attempts = u32::try_from(number("CAIRN_MAX_ATTEMPTS", 3)?.max(1)).unwrap_or(u32::MAX);
+        let shutdown_grace = Duration::from_secs(number("CAIRN_SHUTDOWN_GRACE_SECONDS", 30)?);
         let config = Self {
             database_url: var("CAIRN_DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/cairn".into()),
@@ -82,6 +97,8 @@ impl Config {
             queue_prefix: var("CAIRN_QUEUE_PREFIX").unwrap_or_else(|| "cairn".into()),
             worker_concurrency,
             lease: Duration::from_secs(lease_seconds),
+            max_attempts,
+            shutdown_grace,
             worker_id: var("CAIRN_WORKER_ID").unwrap_or_else(default_worker_id),
             data_dir,
         };

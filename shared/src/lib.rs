@@ -9,6 +9,7 @@ pub mod config;
 pub mod datastore;
 pub mod db;
 pub mod entities;
+pub mod failure;
 pub mod lifecycle;
 pub mod outbox;
 pub mod queue;

@@ -18,6 +18,11 @@
 //! also conditional on still owning the lease, so a worker that stalled past
 //! its lease and was taken over cannot overwrite its successor's result.
 //!
+//! A failed attempt that may succeed on retry, or a job whose worker is
+//! stopping, is [`release`]d: its lease ends (now, or after the retry delay)
+//! and a message is queued, so another worker takes it over; its status does
+//! not move. After `CAIRN_MAX_ATTEMPTS` attempts it fails for good.
+//!
 //! Rule 3 (one `BUILDING` backup per instance) is a partial unique index; a
 //! claim that would break it fails and the job waits. Whoever ends a backup
 //! (completes, fails) re-enqueues the instance's waiting `NEW` backups in the
@@ -424,4 +429,99 @@ pub async fn finish_restore<C: ConnectionTrait>(
 /// True for PostgreSQL's unique_violation (23505).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     err.to_string().contains("23505") || err.to_string().contains("duplicate key value")
+}
+
+/// Which table a job's lease lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leased {
+    /// A running backup (`backups`, status `BUILDING`/`SAVING`).
+    Backup,
+    /// A running restore (`instances`, status `BUILD`).
+    Restore,
+}
+
+impl Leased {
+    fn table_and_statuses(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Backup => ("backups", "('BUILDING', 'SAVING')"),
+            Self::Restore => ("instances", "('BUILD')"),
+        }
+    }
+
+    fn kind(self) -> JobKind {
+        match self {
+            Self::Backup => JobKind::Backup,
+            Self::Restore => JobKind::Restore,
+        }
+    }
+}
+
+/// Hands a running job back without finishing it: its lease ends at once
+/// (`retry_in` = 0, a stopping worker) or after `retry_in` (a failed attempt
+/// to be retried), and a message is queued for that moment, so another
+/// worker, or this one, takes it over. The status does not move: the job is
+/// still running as far as anyone can see, and no status goes backwards.
+/// `note` (the failed attempt's reason) is shown as `fail_reason` meanwhile.
+pub async fn release<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    job: Leased,
+    id: Uuid,
+    worker: &str,
+    retry_in: Duration,
+    note: Option<&str>,
+) -> Result<bool, DbErr> {
+    let (table, statuses) = job.table_and_statuses();
+    let txn = db.begin().await?;
+    // The lease ends a little before the delayed message arrives, so the
+    // message finds the job claimable.
+    let ends_in = retry_in.saturating_sub(Duration::from_millis(500));
+    let res = txn
+        .execute_raw(stmt(
+            &format!(
+                "UPDATE {table} SET lease_expires = now() + make_interval(secs => $3),
+                        fail_reason = COALESCE($4, fail_reason), updated = now()
+                  WHERE id = $1 AND lease_owner = $2 AND status IN {statuses}"
+            ),
+            vec![id.into(), worker.into(), lease_secs(ends_in), note.map(str::to_owned).into()],
+        ))
+        .await?;
+    if res.rows_affected() != 1 {
+        return Ok(false);
+    }
+    outbox::enqueue_delayed(&txn, job.kind(), id, retry_in.as_secs().try_into().unwrap_or(u32::MAX)).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// Starts a `verify` of a `COMPLETED` backup: `verify_status` → `RUNNING`
+/// and a verify job queued. False if the backup is not `COMPLETED`.
+pub async fn begin_verify<C: ConnectionTrait>(txn: &C, id: Uuid) -> Result<bool, DbErr> {
+    let res = txn
+        .execute_raw(stmt(
+            "UPDATE backups SET verify_status = 'RUNNING', verify_message = NULL, updated = now()
+              WHERE id = $1 AND status = 'COMPLETED'",
+            vec![id.into()],
+        ))
+        .await?;
+    if res.rows_affected() != 1 {
+        return Ok(false);
+    }
+    outbox::enqueue(txn, JobKind::VerifyBackup, id).await?;
+    Ok(true)
+}
+
+/// Records a verify's result: `OK`, or `CORRUPTED` with what was found.
+pub async fn finish_verify<C: ConnectionTrait>(db: &C, id: Uuid, outcome: Result<(), &str>) -> Result<bool, DbErr> {
+    let (status, message) = match outcome {
+        Ok(()) => ("OK", None),
+        Err(why) => ("CORRUPTED", Some(why.to_owned())),
+    };
+    let res = db
+        .execute_raw(stmt(
+            "UPDATE backups SET verify_status = $2, verify_message = $3, verified_at = now(), updated = now()
+              WHERE id = $1 AND verify_status = 'RUNNING'",
+            vec![id.into(), status.into(), message.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
 }

@@ -33,10 +33,21 @@ const BATCH: i64 = 500;
 
 /// Records a job for `target` in the caller's transaction.
 pub async fn enqueue<C: ConnectionTrait>(txn: &C, kind: JobKind, target: Uuid) -> Result<(), DbErr> {
+    enqueue_delayed(txn, kind, target, 0).await
+}
+
+/// Records a job for `target` that is to run after `delay_seconds` (a
+/// retry), in the caller's transaction.
+pub async fn enqueue_delayed<C: ConnectionTrait>(
+    txn: &C,
+    kind: JobKind,
+    target: Uuid,
+    delay_seconds: u32,
+) -> Result<(), DbErr> {
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "INSERT INTO outbox (kind, target_id) VALUES ($1, $2)",
-        vec![kind.as_str().into(), target.into()],
+        "INSERT INTO outbox (kind, target_id, delay_seconds) VALUES ($1, $2, $3)",
+        vec![kind.as_str().into(), target.into(), (delay_seconds as i32).into()],
     ))
     .await
     .map(|_| ())
@@ -83,6 +94,7 @@ struct Entry {
     kind: String,
     target_id: Uuid,
     attempt: i32,
+    delay_seconds: i32,
 }
 
 /// Publishes outbox entries until `cancel` fires.
@@ -140,7 +152,7 @@ async fn relay_batch(db: &DatabaseConnection, publisher: &Publisher) -> anyhow::
     let txn = db.begin().await?;
     let entries = Entry::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "SELECT id, kind, target_id, attempt FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, kind, target_id, attempt, delay_seconds FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         vec![BATCH.into()],
     ))
     .all(&txn)
@@ -151,7 +163,10 @@ async fn relay_batch(db: &DatabaseConnection, publisher: &Publisher) -> anyhow::
     let mut messages = Vec::with_capacity(entries.len());
     for e in &entries {
         match JobKind::parse(&e.kind) {
-            Some(kind) => messages.push(JobMessage { kind, id: e.target_id, attempt: e.attempt.max(0) as u32 }),
+            Some(kind) => messages.push((
+                JobMessage { kind, id: e.target_id, attempt: e.attempt.max(0) as u32 },
+                e.delay_seconds.max(0) as u32,
+            )),
             None => tracing::error!(outbox_id = e.id, kind = %e.kind, "dropping outbox entry of unknown kind"),
         }
     }

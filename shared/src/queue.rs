@@ -7,7 +7,10 @@
 //!   replicated once RabbitMQ is clustered; `x-delivery-limit` stops a
 //!   message that keeps crashing its consumer from looping forever;
 //! - `<p>.dead`, where rejected and over-delivered messages go, to be
-//!   looked at by a person, never silently dropped.
+//!   looked at by a person, never silently dropped;
+//! - `<p>.retry.<n>s`, delay queues for job retries: a message waits there
+//!   `n` seconds (`x-message-ttl`), then is dead-lettered back to
+//!   `<p>.jobs` with its routing key, so a retry never spins in a hot loop.
 //!
 //! Messages are persistent and published with `mandatory` and publisher
 //! confirms: a publish counts only once the broker has the message in a
@@ -29,6 +32,9 @@ use crate::status::{JobKind, JobMessage};
 
 /// How many times a message may be redelivered before it is dead-lettered.
 const DELIVERY_LIMIT: i64 = 20;
+
+/// The delays a retry can wait, in seconds; a delay is rounded up to one.
+pub const RETRY_DELAYS: [u32; 5] = [1, 5, 30, 120, 600];
 
 /// Names of the exchanges and queues of one deployment.
 #[derive(Debug, Clone)]
@@ -55,9 +61,24 @@ impl Topology {
     /// The queue that carries `kind`.
     pub fn queue_for(&self, kind: JobKind) -> String {
         match kind {
-            JobKind::Backup | JobKind::DeleteBackup => format!("{}.backup", self.prefix),
+            JobKind::Backup | JobKind::DeleteBackup | JobKind::VerifyBackup => format!("{}.backup", self.prefix),
             JobKind::Restore => format!("{}.restore", self.prefix),
         }
+    }
+
+    /// The delay exchange and queue that holds a retry for `delay_seconds`
+    /// (rounded up to a tier), or `None` for no delay.
+    pub fn retry_for(&self, delay_seconds: u32) -> Option<String> {
+        if delay_seconds == 0 {
+            return None;
+        }
+        let tier =
+            RETRY_DELAYS.iter().copied().find(|d| *d >= delay_seconds).unwrap_or(RETRY_DELAYS[RETRY_DELAYS.len() - 1]);
+        Some(format!("{}.retry.{tier}s", self.prefix))
+    }
+
+    fn retry_queues(&self) -> Vec<(String, u32)> {
+        RETRY_DELAYS.iter().map(|d| (format!("{}.retry.{d}s", self.prefix), *d)).collect()
     }
 
     /// Every work queue, each once.
@@ -90,7 +111,25 @@ impl Topology {
             args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead().into()));
             channel.queue_declare(queue.as_str().into(), queue_opts, args).await?;
         }
-        for kind in [JobKind::Backup, JobKind::DeleteBackup, JobKind::Restore] {
+        for (name, delay) in self.retry_queues() {
+            channel
+                .exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+                .await?;
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(delay) * 1000));
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.exchange().into()));
+            channel.queue_declare(name.as_str().into(), queue_opts, args).await?;
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    name.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for kind in JobKind::ALL {
             channel
                 .queue_bind(
                     self.queue_for(kind).into(),
@@ -106,10 +145,11 @@ impl Topology {
 
     /// Removes every exchange and queue of this prefix (tests clean up with it).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in self.work_queues().into_iter().chain([self.dead()]) {
+        let retries: Vec<String> = self.retry_queues().into_iter().map(|(name, _)| name).collect();
+        for queue in self.work_queues().into_iter().chain([self.dead()]).chain(retries.clone()) {
             channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
         }
-        for exchange in [self.exchange(), self.dead()] {
+        for exchange in [self.exchange(), self.dead()].into_iter().chain(retries) {
             channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
@@ -193,11 +233,13 @@ impl Publisher {
         self.channel.status().connected()
     }
 
-    /// Publishes every message, then waits for all confirms (pipelined, not
-    /// one round trip each). Fails if any is nacked or unroutable.
-    pub async fn publish_all(&self, messages: &[JobMessage]) -> anyhow::Result<()> {
+    /// Publishes every message (after its delay, through a delay queue),
+    /// then waits for all confirms (pipelined, not one round trip each).
+    /// Fails if any is nacked or unroutable.
+    pub async fn publish_all(&self, messages: &[(JobMessage, u32)]) -> anyhow::Result<()> {
         let mut confirms = Vec::with_capacity(messages.len());
-        for msg in messages {
+        for (msg, delay) in messages {
+            let exchange = self.topology.retry_for(*delay).unwrap_or_else(|| self.topology.exchange());
             let payload = serde_json::to_vec(msg)?;
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
@@ -206,7 +248,7 @@ impl Publisher {
             let confirm = self
                 .channel
                 .basic_publish(
-                    self.topology.exchange().into(),
+                    exchange.into(),
                     msg.kind.as_str().into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &payload,

@@ -70,21 +70,27 @@ pub enum JobKind {
     Restore,
     /// Remove a backup, its descendants and their objects (`backups.id`).
     DeleteBackup,
+    /// Re-read a backup's stored objects and check every checksum (`backups.id`).
+    VerifyBackup,
 }
 
 impl JobKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::Backup, Self::Restore, Self::DeleteBackup, Self::VerifyBackup];
+
     /// The routing key, and the `kind` column of the outbox.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
             Self::Restore => "restore",
             Self::DeleteBackup => "delete_backup",
+            Self::VerifyBackup => "verify_backup",
         }
     }
 
     /// Parses an outbox `kind`.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Backup, Self::Restore, Self::DeleteBackup].into_iter().find(|k| k.as_str() == text)
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
 

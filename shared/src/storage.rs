@@ -125,6 +125,21 @@ impl ArtifactStore {
         Ok(got.bytes().await?)
     }
 
+    /// Streams a whole object through BLAKE3: (size, hex digest). Memory
+    /// stays at one chunk whatever the object's size.
+    pub async fn hash_object(&self, key: &str) -> anyhow::Result<(u64, String)> {
+        let got = self.store.get(&self.path(key)).await.with_context(|| format!("cannot read {key}"))?;
+        let mut stream = got.into_stream();
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("cannot read {key}"))?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((size, hasher.finalize().to_hex().to_string()))
+    }
+
     /// Reads `range` of an object.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
         self.store.get_range(&self.path(key), range).await.with_context(|| format!("cannot read {key}"))
@@ -132,6 +147,7 @@ impl ArtifactStore {
 
     /// Deletes every object under `prefix` except those under `keep`.
     pub async fn delete_prefix(&self, prefix: &str, keep: Option<&str>) -> anyhow::Result<usize> {
+        let keep_key = keep;
         let keep = keep.map(|k| self.path(k));
         let objects: Vec<ObjectPath> = self
             .store
@@ -152,12 +168,36 @@ impl ArtifactStore {
             }
         }
         if let Some(root) = &self.local_root {
-            // LocalFileSystem leaves empty directories behind.
-            let dir = root.join(prefix);
-            if keep.is_none() {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-            }
+            // LocalFileSystem leaves empty directories behind, and an upload
+            // killed midway leaves a temporary `name#n` file that list()
+            // does not show: remove what is on disk too.
+            let (dir, keep) = (root.join(prefix), keep_key.map(|k| root.join(k)));
+            tokio::task::spawn_blocking(move || remove_except(&dir, keep.as_deref())).await?;
         }
         Ok(n)
+    }
+}
+
+/// Removes everything under `dir` except the subtree `keep`, then `dir`
+/// itself if nothing is kept.
+fn remove_except(dir: &std::path::Path, keep: Option<&std::path::Path>) {
+    match keep {
+        Some(keep) if keep == dir => {}
+        Some(keep) if keep.starts_with(dir) => {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if keep.starts_with(&path) {
+                    remove_except(&path, Some(keep));
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir_all(&path);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        _ => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

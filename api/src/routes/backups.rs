@@ -168,6 +168,9 @@ pub async fn create(
         lease_owner: Set(None),
         lease_expires: Set(None),
         attempts: Set(0),
+        verify_status: Set(None),
+        verify_message: Set(None),
+        verified_at: Set(None),
         created: Set(now),
         updated: Set(now),
     }
@@ -314,4 +317,48 @@ pub async fn delete(
     state.nudge.wake();
     tracing::info!(backup_id = %id, backups = ids.len(), "delete accepted");
     Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /backups/{id}/action` body: one action, `{"verify": {}}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionBody {
+    /// Re-read every stored object of the backup and check its checksum.
+    Verify(VerifyOptions),
+}
+
+/// `verify` takes no options (`{}`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyOptions {}
+
+/// Runs an action on a backup. `verify` re-reads the stored objects and
+/// checks every checksum; its result appears as the backup's `verify`.
+#[utoipa::path(post, path = "/backups/{backup_id}/action", tag = "backups",
+    params(("project_id" = String, Path, description = "The project (tenant)"),
+        ("backup_id" = String, Path, description = "The backup")),
+    request_body = ActionBody,
+    responses((status = 202, description = "Accepted: the backup, verify RUNNING"),
+        (status = 400, description = "badRequest: unknown action"), (status = 404, description = "itemNotFound"),
+        (status = 409, description = "conflict: only a COMPLETED backup can be verified")))]
+pub async fn action(
+    State(state): State<AppState>,
+    Project(project): Project,
+    Path((_, id)): Path<(String, String)>,
+    JsonBody(ActionBody::Verify(VerifyOptions {})): JsonBody<ActionBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = parse_id("Backup", &id)?;
+    let txn = state.db.begin().await?;
+    let b = find_backup(&txn, &project, id).await?;
+    if !lifecycle::begin_verify(&txn, id).await? {
+        return Err(ApiError::Conflict(format!(
+            "backup {id} is {}; only a COMPLETED backup can be verified",
+            b.status
+        )));
+    }
+    txn.commit().await?;
+    state.nudge.wake();
+    tracing::info!(backup_id = %id, instance_id = %b.instance_id, "verify accepted");
+    let b = find_backup(&state.db, &project, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "backup": views::backup(&b) }))))
 }

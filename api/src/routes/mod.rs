@@ -22,6 +22,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let project = OpenApiRouter::new()
         .routes(routes!(backups::list, backups::create))
         .routes(routes!(backups::show, backups::delete))
+        .routes(routes!(backups::action))
         .routes(routes!(instances::list, instances::create))
         .routes(routes!(instances::show, instances::delete))
         .routes(routes!(backups::list_of_instance))

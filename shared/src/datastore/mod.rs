@@ -94,6 +94,9 @@ pub trait Datastore: Send + Sync {
     async fn restore(&self, req: RestoreRequest, progress: Arc<JobProgress>) -> anyhow::Result<u32>;
     /// Removes every object a backup stored (all attempts).
     async fn delete(&self, backup_id: Uuid) -> anyhow::Result<()>;
+    /// Re-reads every stored object of a backup and checks it against its
+    /// checksum; the error names the first object that does not match.
+    async fn verify(&self, link: StoredLink) -> anyhow::Result<()>;
 }
 
 /// The datastore types this deployment serves, with their versions.

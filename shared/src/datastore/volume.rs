@@ -8,13 +8,13 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use async_trait::async_trait;
 use cairn_delta::{BackupOptions, ChainLink, LinkIds, PackSource};
 use uuid::Uuid;
 
 use super::{BackupRequest, Datastore, JobProgress, RestoreRequest, StoredLink};
-use crate::{lifecycle::CompletedArtifact, storage::ArtifactStore};
+use crate::{failure::permanent, lifecycle::CompletedArtifact, storage::ArtifactStore};
 
 /// Backs up and restores directory trees.
 pub struct VolumeDatastore {
@@ -36,18 +36,16 @@ impl VolumeDatastore {
     /// Fetches a link's manifest and checks it against the recorded checksum.
     async fn load_link(&self, position: usize, link: &StoredLink) -> anyhow::Result<ChainLink> {
         let key = format!("{}/manifest", link.artifact_prefix);
-        let bytes = self
-            .store
-            .get(&key)
-            .await
-            .with_context(|| format!("link {position} (backup {}): manifest is missing", link.backup_id))?;
+        let bytes = self.store.get(&key).await.map_err(|e| {
+            permanent(e.context(format!("link {position} (backup {}): manifest {key} is missing", link.backup_id)))
+        })?;
         let actual = blake3::hash(&bytes).to_hex().to_string();
         if actual != link.checksum {
-            bail!(
+            return Err(permanent(anyhow::anyhow!(
                 "link {position} (backup {}): manifest {key} is corrupted: checksum {actual}, recorded {}",
                 link.backup_id,
                 link.checksum
-            );
+            )));
         }
         let manifest = cairn_delta::decode_manifest(&bytes)
             .with_context(|| format!("link {position} (backup {}): manifest {key} cannot be read", link.backup_id))?;
@@ -71,7 +69,9 @@ impl Datastore for VolumeDatastore {
             None => None,
         };
         let staging = self.staging.join(format!("backup-{}-{}", req.backup_id, req.attempt));
-        let _ = tokio::fs::remove_dir_all(&staging).await;
+        for earlier in 1..=req.attempt {
+            let _ = tokio::fs::remove_dir_all(self.staging.join(format!("backup-{}-{earlier}", req.backup_id))).await;
+        }
         tokio::fs::create_dir_all(&staging).await.with_context(|| format!("cannot create {}", staging.display()))?;
         let source = req.source.clone();
         let ids = LinkIds { backup_id: req.backup_id, instance_id: req.instance_id };
@@ -116,7 +116,17 @@ impl Datastore for VolumeDatastore {
         tokio::fs::create_dir_all(&parent).await.with_context(|| format!("cannot create {}", parent.display()))?;
         let name = req.target.file_name().context("restore target has no name")?.to_string_lossy().into_owned();
         let work = parent.join(format!(".{name}.cairn-restore-{}", req.attempt));
-        let _ = tokio::fs::remove_dir_all(&work).await;
+        for earlier in 1..=req.attempt {
+            let _ = tokio::fs::remove_dir_all(parent.join(format!(".{name}.cairn-restore-{earlier}"))).await;
+        }
+        if req.attempt > 1 && tokio::fs::symlink_metadata(&req.target).await.is_ok() {
+            // An earlier attempt died after its rename but before recording
+            // ACTIVE. The path was empty when the instance was created and
+            // is reserved for it, so what is there is that attempt's work.
+            tokio::fs::remove_dir_all(&req.target)
+                .await
+                .with_context(|| format!("cannot clear {} left by an earlier attempt", req.target.display()))?;
+        }
         tokio::fs::create_dir(&work).await.with_context(|| format!("cannot create {}", work.display()))?;
 
         let packs = StorePacks {
@@ -145,6 +155,22 @@ impl Datastore for VolumeDatastore {
 
     async fn delete(&self, backup_id: Uuid) -> anyhow::Result<()> {
         self.store.delete_prefix(&format!("backups/{backup_id}"), None).await.map(|_| ())
+    }
+
+    async fn verify(&self, link: StoredLink) -> anyhow::Result<()> {
+        let chain_link = self.load_link(1, &link).await?;
+        for pack in &chain_link.manifest.header.packs {
+            let key = format!("{}/{}", link.artifact_prefix, pack.name);
+            let (size, digest) = self.store.hash_object(&key).await.map_err(permanent)?;
+            if size != pack.size || digest != pack.blake3 {
+                return Err(permanent(anyhow::anyhow!(
+                    "{key} is corrupted: {size} bytes with BLAKE3 {digest}, the manifest records {} bytes with {}",
+                    pack.size,
+                    pack.blake3
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Model {
     pub lease_owner: Option<String>,
     pub lease_expires: Option<DateTimeUtc>,
     pub attempts: i32,
+    pub verify_status: Option<String>,
+    pub verify_message: Option<String>,
+    pub verified_at: Option<DateTimeUtc>,
     pub created: DateTimeUtc,
     pub updated: DateTimeUtc,
 }

@@ -8,6 +8,7 @@ pub struct Model {
     pub kind: String,
     pub target_id: Uuid,
     pub attempt: i32,
+    pub delay_seconds: i32,
     pub created: DateTimeUtc,
 }
 
