@@ -6,18 +6,23 @@ use anyhow::Context;
 use cairn_shared::{
     datastore::{BackupRequest, JobProgress, StoredLink},
     entities::{backup, instance},
-    lifecycle::{self, BackupClaim},
+    failure::permanent,
+    lifecycle::{self, BackupClaim, CompletedArtifact, Leased},
     storage::ArtifactStore,
 };
 use sea_orm::{EntityTrait, TransactionTrait};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::{Disposition, Interrupted, Receipt, dispose, hand_back, retry_db};
 use crate::{JobContext, lease};
 
-pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
+pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &CancellationToken) -> anyhow::Result<()> {
     let worker = ctx.config.worker_id.as_str();
-    let row = match lifecycle::claim_backup(&ctx.db, id, worker, ctx.config.lease).await? {
+    let claim = lifecycle::claim_backup(&ctx.db, id, worker, ctx.config.lease).await?;
+    receipt.ack().await;
+    let row = match claim {
         BackupClaim::Claimed(row) => row,
         BackupClaim::Waiting(why) => {
             tracing::debug!(backup_id = %id, %why, "backup waits");
@@ -32,10 +37,10 @@ pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
     };
     let span =
         tracing::info_span!("backup", backup_id = %row.id, instance_id = %row.instance_id, attempt = row.attempts);
-    execute(ctx, *row).instrument(span).await
+    execute(ctx, *row, stop).instrument(span).await
 }
 
-async fn execute(ctx: &JobContext, row: backup::Model) -> anyhow::Result<()> {
+async fn execute(ctx: &JobContext, row: backup::Model, stop: &CancellationToken) -> anyhow::Result<()> {
     let worker = ctx.config.worker_id.clone();
     tracing::info!(parent_id = ?row.parent_id, "backup started");
     let progress = Arc::new(JobProgress::default());
@@ -49,62 +54,96 @@ async fn execute(ctx: &JobContext, row: backup::Model) -> anyhow::Result<()> {
     let heartbeat = lease::start(ctx.config.lease, progress.clone(), beat);
     let outcome = tokio::select! {
         r = take(ctx, &row, progress) => r,
-        () = heartbeat.lost.cancelled() => Err(anyhow::anyhow!("lease lost to another worker")),
+        () = heartbeat.lost.cancelled() => Err(Interrupted::LeaseLost.into()),
+        () = stop.cancelled() => Err(Interrupted::Shutdown.into()),
     };
     drop(heartbeat);
 
     let attempt_prefix = ArtifactStore::attempt_prefix(row.id, row.attempts);
-    match outcome {
-        Ok(artifact) => {
-            lifecycle::mark_saving(&ctx.db, row.id, &worker).await?;
-            if lifecycle::complete_backup(&ctx.db, row.id, &worker, &artifact).await? {
-                ctx.nudge.wake();
-                tracing::info!(bytes = artifact.bytes, checksum = %artifact.checksum, "backup completed");
-                // Objects of earlier, abandoned attempts are never referenced.
-                if let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(&attempt_prefix)).await {
-                    tracing::warn!(error = %e, "could not remove objects of abandoned attempts");
-                }
-            } else {
-                tracing::warn!("backup finished but another worker owns it now; discarding this attempt");
-                let _ = ctx.store.delete_prefix(&attempt_prefix, None).await;
-            }
-        }
-        Err(e) => {
-            let reason = format!("{e:#}");
-            tracing::error!(%reason, "backup failed");
-            let txn = ctx.db.begin().await?;
-            let failed = lifecycle::fail_backup(&txn, row.id, Some(&worker), &reason).await?;
-            txn.commit().await?;
-            if failed {
-                ctx.nudge.wake();
-            }
+    let artifact = match outcome {
+        Ok(artifact) => artifact,
+        Err(err) => {
+            // Nothing of a failed attempt is ever referenced.
             let _ = ctx.store.delete_prefix(&attempt_prefix, None).await;
+            return match dispose(ctx, &err, row.attempts) {
+                Disposition::Abandon => {
+                    tracing::warn!("another worker owns this backup now; this attempt is discarded");
+                    Ok(())
+                }
+                Disposition::Release => hand_back(ctx, Leased::Backup, row.id, Default::default(), None).await,
+                Disposition::Retry(after) => {
+                    let note = format!("attempt {} failed: {err:#}; retrying in {}s", row.attempts, after.as_secs());
+                    tracing::warn!(reason = %note, "backup attempt failed");
+                    hand_back(ctx, Leased::Backup, row.id, after, Some(&note)).await
+                }
+                Disposition::Fail(reason) => {
+                    tracing::error!(%reason, "backup failed");
+                    let failed = retry_db(|| async {
+                        let txn = ctx.db.begin().await?;
+                        let failed = lifecycle::fail_backup(&txn, row.id, Some(&worker), &reason).await?;
+                        txn.commit().await?;
+                        Ok(failed)
+                    })
+                    .await?;
+                    if failed {
+                        ctx.nudge.wake();
+                    }
+                    Ok(())
+                }
+            };
         }
+    };
+    record(ctx, &row, &worker, &artifact, &attempt_prefix).await
+}
+
+/// Records a finished attempt; discards its objects if it lost the job.
+async fn record(
+    ctx: &JobContext,
+    row: &backup::Model,
+    worker: &str,
+    artifact: &CompletedArtifact,
+    attempt_prefix: &str,
+) -> anyhow::Result<()> {
+    retry_db(|| lifecycle::mark_saving(&ctx.db, row.id, worker)).await?;
+    let completed = retry_db(|| lifecycle::complete_backup(&ctx.db, row.id, worker, artifact)).await?;
+    // A retried commit may have succeeded the first time: look before
+    // treating "nothing updated" as "someone else owns it".
+    let ours = completed
+        || backup::Entity::find_by_id(row.id)
+            .one(&ctx.db)
+            .await?
+            .is_some_and(|now| now.artifact_prefix.as_deref() == Some(attempt_prefix) && now.status == "COMPLETED");
+    if !ours {
+        tracing::warn!("backup finished but another worker owns it now; discarding this attempt");
+        let _ = ctx.store.delete_prefix(attempt_prefix, None).await;
+        return Ok(());
+    }
+    ctx.nudge.wake();
+    tracing::info!(bytes = artifact.bytes, checksum = %artifact.checksum, "backup completed");
+    // Objects of earlier, abandoned attempts are never referenced.
+    if let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(attempt_prefix)).await {
+        tracing::warn!(error = %e, "could not remove objects of abandoned attempts");
     }
     Ok(())
 }
 
-async fn take(
-    ctx: &JobContext,
-    row: &backup::Model,
-    progress: Arc<JobProgress>,
-) -> anyhow::Result<lifecycle::CompletedArtifact> {
+async fn take(ctx: &JobContext, row: &backup::Model, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact> {
     let inst = instance::Entity::find_by_id(row.instance_id)
         .one(&ctx.db)
         .await?
-        .with_context(|| format!("instance {} no longer exists", row.instance_id))?;
-    let datastore = ctx
-        .datastores
-        .get(&inst.datastore_type)
-        .with_context(|| format!("datastore type {:?} is not served by this worker", inst.datastore_type))?;
-    let source = cairn_shared::volume::check_registered(&ctx.config.volume_roots, &inst.volume_path)
-        .with_context(|| format!("instance {}'s volume cannot be read", inst.id))?;
+        .ok_or_else(|| permanent(anyhow::anyhow!("instance {} no longer exists", row.instance_id)))?;
+    let datastore = ctx.datastores.get(&inst.datastore_type).ok_or_else(|| {
+        permanent(anyhow::anyhow!("datastore type {:?} is not served by this worker", inst.datastore_type))
+    })?;
+    let source = cairn_shared::volume::check_registered(&ctx.config.volume_roots, &inst.volume_path).map_err(|e| {
+        permanent(anyhow::Error::from(e).context(format!("instance {}'s volume cannot be read", inst.id)))
+    })?;
     let parent = match row.parent_id {
         Some(pid) => {
             let p = backup::Entity::find_by_id(pid)
                 .one(&ctx.db)
                 .await?
-                .with_context(|| format!("parent backup {pid} no longer exists"))?;
+                .ok_or_else(|| permanent(anyhow::anyhow!("parent backup {pid} no longer exists")))?;
             Some(StoredLink {
                 backup_id: p.id,
                 checksum: p.checksum.with_context(|| format!("parent backup {pid} has no checksum"))?,

@@ -2,21 +2,26 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cairn_shared::{
     datastore::{JobProgress, RestoreRequest, StoredLink},
     entities::instance,
-    lifecycle,
+    failure::permanent,
+    lifecycle::{self, Leased},
     status::BackupStatus,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::{Disposition, Interrupted, Receipt, dispose, hand_back, retry_db};
 use crate::{JobContext, lease};
 
-pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
+pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &CancellationToken) -> anyhow::Result<()> {
     let worker = ctx.config.worker_id.clone();
-    let Some(inst) = lifecycle::claim_restore(&ctx.db, id, &worker, ctx.config.lease).await? else {
+    let claimed = lifecycle::claim_restore(&ctx.db, id, &worker, ctx.config.lease).await?;
+    receipt.ack().await;
+    let Some(inst) = claimed else {
         return Ok(()); // done already, or running elsewhere
     };
     let span = tracing::info_span!(
@@ -38,19 +43,33 @@ pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
         let heartbeat = lease::start(ctx.config.lease, progress.clone(), beat);
         let outcome = tokio::select! {
             r = apply(ctx, &inst, progress) => r,
-            () = heartbeat.lost.cancelled() => Err(anyhow::anyhow!("lease lost to another worker")),
+            () = heartbeat.lost.cancelled() => Err(Interrupted::LeaseLost.into()),
+            () = stop.cancelled() => Err(Interrupted::Shutdown.into()),
         };
         drop(heartbeat);
-        let reason = outcome.as_ref().err().map(|e| format!("{e:#}"));
-        let recorded = match (&outcome, &reason) {
-            (Ok(steps), _) => lifecycle::finish_restore(&ctx.db, inst.id, &worker, Ok(*steps)).await?,
-            (Err(_), Some(reason)) => lifecycle::finish_restore(&ctx.db, inst.id, &worker, Err(reason)).await?,
-            (Err(_), None) => unreachable!("an error always has a reason"),
+        let err = match outcome {
+            Ok(steps) => {
+                if retry_db(|| lifecycle::finish_restore(&ctx.db, inst.id, &worker, Ok(steps))).await? {
+                    tracing::info!(steps, "restore completed: instance ACTIVE");
+                } else {
+                    tracing::warn!("restore ended but another worker owns it now");
+                }
+                return Ok(());
+            }
+            Err(err) => err,
         };
-        match (recorded, reason) {
-            (true, None) => tracing::info!("restore completed: instance ACTIVE"),
-            (true, Some(reason)) => tracing::error!(%reason, "restore failed: instance ERROR"),
-            (false, _) => tracing::warn!("restore ended but another worker owns it now"),
+        match dispose(ctx, &err, inst.attempts) {
+            Disposition::Abandon => tracing::warn!("another worker owns this restore now"),
+            Disposition::Release => hand_back(ctx, Leased::Restore, inst.id, Default::default(), None).await?,
+            Disposition::Retry(after) => {
+                let note = format!("attempt {} failed: {err:#}; retrying in {}s", inst.attempts, after.as_secs());
+                tracing::warn!(reason = %note, "restore attempt failed");
+                hand_back(ctx, Leased::Restore, inst.id, after, Some(&note)).await?;
+            }
+            Disposition::Fail(reason) => {
+                tracing::error!(%reason, "restore failed: instance ERROR");
+                retry_db(|| lifecycle::finish_restore(&ctx.db, inst.id, &worker, Err(&reason))).await?;
+            }
         }
         anyhow::Ok(())
     }
@@ -59,37 +78,42 @@ pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
 }
 
 async fn apply(ctx: &JobContext, inst: &instance::Model, progress: Arc<JobProgress>) -> anyhow::Result<u32> {
-    let backup_id = inst.restore_backup_id.context("instance was not created from a backup")?;
+    let backup_id = inst.restore_backup_id.context("instance was not created from a backup").map_err(permanent)?;
     let chain = lifecycle::chain_of(&ctx.db, backup_id).await?;
     if chain.last().map(|b| b.id) != Some(backup_id) {
-        bail!("backup {backup_id} no longer exists");
+        return Err(permanent(anyhow::anyhow!("backup {backup_id} no longer exists")));
     }
     if let Some(root) = chain.first()
         && let Some(missing) = root.parent_id
     {
-        bail!("link 1 of the chain is missing: backup {missing} (parent of {}) no longer exists", root.id);
+        return Err(permanent(anyhow::anyhow!(
+            "link 1 of the chain is missing: backup {missing} (parent of {}) no longer exists",
+            root.id
+        )));
     }
     let mut links = Vec::with_capacity(chain.len());
     for (i, b) in chain.iter().enumerate() {
-        if b.status != BackupStatus::Completed.as_str() {
-            bail!("link {} of the chain (backup {}) is {}", i + 1, b.id, b.status);
-        }
-        links.push(StoredLink {
-            backup_id: b.id,
-            checksum: b
-                .checksum
-                .clone()
-                .with_context(|| format!("link {} (backup {}) has no checksum", i + 1, b.id))?,
-            artifact_prefix: b
-                .artifact_prefix
-                .clone()
-                .with_context(|| format!("link {} (backup {}) has no artifact", i + 1, b.id))?,
-        });
+        let link = || -> anyhow::Result<StoredLink> {
+            if b.status != BackupStatus::Completed.as_str() {
+                anyhow::bail!("link {} of the chain (backup {}) is {}", i + 1, b.id, b.status);
+            }
+            Ok(StoredLink {
+                backup_id: b.id,
+                checksum: b
+                    .checksum
+                    .clone()
+                    .with_context(|| format!("link {} (backup {}) has no checksum", i + 1, b.id))?,
+                artifact_prefix: b
+                    .artifact_prefix
+                    .clone()
+                    .with_context(|| format!("link {} (backup {}) has no artifact", i + 1, b.id))?,
+            })
+        };
+        links.push(link().map_err(permanent)?);
     }
-    let datastore = ctx
-        .datastores
-        .get(&inst.datastore_type)
-        .with_context(|| format!("datastore type {:?} is not served by this worker", inst.datastore_type))?;
+    let datastore = ctx.datastores.get(&inst.datastore_type).ok_or_else(|| {
+        permanent(anyhow::anyhow!("datastore type {:?} is not served by this worker", inst.datastore_type))
+    })?;
     progress.set(0, links.len() as u64);
     let req = RestoreRequest {
         instance_id: inst.id,

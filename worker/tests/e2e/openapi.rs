@@ -16,6 +16,7 @@ fn contract() -> BTreeSet<(String, String)> {
         ("post", "/backups"),
         ("get", "/backups/{backup_id}"),
         ("delete", "/backups/{backup_id}"),
+        ("post", "/backups/{backup_id}/action"),
         ("get", "/instances"),
         ("post", "/instances"),
         ("get", "/instances/{instance_id}"),

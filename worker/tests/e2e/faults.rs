@@ -1,0 +1,522 @@
+//! No accepted job lost, none run twice (DESIGN.md §4 rules 6-7), shown by
+//! breaking things: workers killed with SIGKILL at random moments, RabbitMQ
+//! stopped during a burst of submissions, PostgreSQL restarted under running
+//! jobs, a flipped byte in a stored object, duplicate and unreadable
+//! messages, transient storage errors, SIGTERM.
+//!
+//! The tests that stop servers use private ones (`PrivateRabbit`,
+//! `PrivatePostgres`), so the rest of the suite keeps running in parallel.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use cairn_shared::{
+    queue::Topology,
+    status::{JobKind, JobMessage},
+};
+use cairn_testkit::{
+    AppOptions, PrivatePostgres, PrivateRabbit, TestApp, assert_same_tree, snapshot, spawn_app, spawn_app_with,
+    trees::{mutate, seed},
+};
+use lapin::{BasicProperties, options::BasicPublishOptions};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_cairn-worker");
+
+/// Status order: a status may only move forward.
+fn rank(status: &str) -> u8 {
+    match status {
+        "NEW" => 0,
+        "BUILDING" => 1,
+        "SAVING" => 2,
+        "COMPLETED" | "FAILED" => 3,
+        "BUILD" => 0,
+        "ACTIVE" | "ERROR" => 3,
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+/// Records every status every object is seen in, and fails on a step back.
+#[derive(Default)]
+struct StatusWatch {
+    last: HashMap<String, String>,
+}
+
+impl StatusWatch {
+    async fn sample(&mut self, app: &TestApp) {
+        for (path, key) in [("/backups?limit=1000", "backups"), ("/instances", "instances")] {
+            let Ok(resp) = app.client.get(app.url(path)).send().await else { return };
+            let Ok(body) = resp.json::<Value>().await else { return };
+            for item in body[key].as_array().into_iter().flatten() {
+                let (id, status) =
+                    (item["id"].as_str().unwrap().to_owned(), item["status"].as_str().unwrap().to_owned());
+                if let Some(before) = self.last.get(&id) {
+                    assert!(rank(&status) >= rank(before), "{key} {id} moved backwards: {before} -> {status}");
+                }
+                self.last.insert(id, status);
+            }
+        }
+    }
+}
+
+/// A volume of `mib` MiB: the seeded tree plus incompressible data files.
+fn big_volume(dir: &Path, mib: usize, seed_no: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    seed(dir, seed_no);
+    let mut rng = StdRng::seed_from_u64(seed_no);
+    for i in 0..mib / 16 {
+        let mut data = vec![0u8; 16 << 20];
+        rng.fill(&mut data[..]);
+        std::fs::write(dir.join(format!("base/16384/big-{i}")), data).unwrap();
+    }
+}
+
+/// Counts "<what> completed" log lines per id across the worker logs.
+fn completions(app: &TestApp, what: &str, field: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for entry in std::fs::read_dir(&app.config.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let line = strip_ansi(line);
+            if line.contains(&format!("{what} completed"))
+                && let Some(rest) = line.split(&format!("{field}=")).nth(1)
+            {
+                let id: String = rest.chars().take_while(|c| c.is_ascii_hexdigit() || *c == '-').collect();
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
+    let mut app = spawn_app_with(0, AppOptions::default().lease(Duration::from_secs(3))).await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut next_worker = 0;
+    let mut start = |app: &mut TestApp| {
+        next_worker += 1;
+        app.start_worker_process(Path::new(WORKER), &format!("w{next_worker}"));
+    };
+    start(&mut app);
+    start(&mut app);
+
+    let mut instances = Vec::new();
+    for i in 0..2u64 {
+        let dir = app.volumes().join(format!("guest{i}"));
+        big_volume(&dir, 160, i);
+        instances.push((dir.clone(), app.register(&format!("guest{i}"), &dir).await));
+    }
+
+    // Kill -9 one of the workers every 0.5-3 s and start a new one, while
+    // 20 backups (10 links on each of two instances) and 5 restores run.
+    let kills = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut watch = StatusWatch::default();
+    let mut parents: Vec<Option<String>> = vec![None, None];
+    let mut states: Vec<(String, BTreeMap<std::path::PathBuf, cairn_testkit::EntryState>)> = Vec::new();
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.random_range(500..3000));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for round in 0..10u64 {
+        let mut pending = Vec::new();
+        for (i, (dir, id)) in instances.iter().enumerate() {
+            if round > 0 {
+                mutate(dir, round);
+            }
+            let b = app.backup(id, &format!("r{round}"), parents[i].as_deref()).await;
+            pending.push((i, b["id"].as_str().unwrap().to_owned(), snapshot(dir)));
+        }
+        for (i, id, state) in pending {
+            loop {
+                watch.sample(&app).await;
+                let (_, body) = app.get(&format!("/backups/{id}")).await;
+                let status = body["backup"]["status"].as_str().unwrap_or("").to_owned();
+                if status == "COMPLETED" {
+                    break;
+                }
+                assert_ne!(status, "FAILED", "{body}");
+                assert!(Instant::now() < deadline, "backups did not finish under kill -9: {body}");
+                if Instant::now() >= next_kill {
+                    app.kill_worker_process(rng.random_range(0..2));
+                    kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    start(&mut app);
+                    next_kill = Instant::now() + Duration::from_millis(rng.random_range(500..3000));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            parents[i] = Some(id.clone());
+            states.push((id, state));
+        }
+    }
+
+    // Five restores, still killing workers: the last link of each chain and
+    // three earlier ones.
+    let picks = [states.len() - 1, states.len() - 2, 0, 7, 12];
+    let mut restores = Vec::new();
+    for (n, &k) in picks.iter().enumerate() {
+        let (status, body) = app
+            .post(
+                "/instances",
+                &json!({"instance": {"name": format!("copy{n}"), "restorePoint": {"backupRef": states[k].0}}}),
+            )
+            .await;
+        assert_eq!(status.as_u16(), 200, "{body}");
+        restores.push((body["instance"]["id"].as_str().unwrap().to_owned(), k));
+    }
+    for (id, k) in &restores {
+        loop {
+            watch.sample(&app).await;
+            let (_, body) = app.get(&format!("/instances/{id}")).await;
+            let status = body["instance"]["status"].as_str().unwrap_or("").to_owned();
+            if status == "ACTIVE" {
+                assert_same_tree(&states[*k].1, Path::new(body["instance"]["volume"]["path"].as_str().unwrap()));
+                break;
+            }
+            assert_ne!(status, "ERROR", "{body}");
+            assert!(Instant::now() < deadline, "restores did not finish under kill -9: {body}");
+            if Instant::now() >= next_kill {
+                app.kill_worker_process(rng.random_range(0..2));
+                kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                start(&mut app);
+                next_kill = Instant::now() + Duration::from_millis(rng.random_range(500..3000));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let kills = kills.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(kills >= 3, "the test killed only {kills} workers");
+
+    // No job ran to completion twice, every one ran to completion once.
+    let backups = completions(&app, "backup", "backup_id");
+    assert_eq!(backups.len(), 20, "{backups:?}");
+    assert!(backups.values().all(|n| *n == 1), "a backup completed twice: {backups:?}");
+    let restored = completions(&app, "restore", "instance_id");
+    assert_eq!(restored.len(), 5, "{restored:?}");
+    assert!(restored.values().all(|n| *n == 1), "a restore completed twice: {restored:?}");
+    // Abandoned attempts left no objects behind.
+    let artifacts = app.config.data_dir.join("artifacts/backups");
+    for (id, _) in &states {
+        let attempts: Vec<_> = std::fs::read_dir(artifacts.join(id)).unwrap().collect();
+        let names: Vec<_> = std::fs::read_dir(artifacts.join(id))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                format!(
+                    "{} {:?}",
+                    p.display(),
+                    std::fs::read_dir(&p).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+                )
+            })
+            .collect();
+        assert_eq!(attempts.len(), 1, "backup {id} keeps objects of {} attempts: {names:?}", attempts.len());
+    }
+    eprintln!("kill -9 test: {kills} workers killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_stopped_during_a_burst_of_submissions_loses_nothing() {
+    let rabbit = PrivateRabbit::start().await;
+    let app = spawn_app_with(1, AppOptions::default().rabbit(&rabbit)).await;
+    let mut instances = Vec::new();
+    for i in 0..4 {
+        let dir = app.volumes().join(format!("g{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        seed(&dir, i);
+        instances.push(app.register(&format!("g{i}"), &dir).await);
+    }
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        if n == 10 {
+            rabbit.stop_app().await;
+        }
+        if n == 25 {
+            rabbit.start_app().await;
+        }
+        // Every submission is accepted, broker or not.
+        let b = app.backup(&instances[n % 4], &format!("b{n}"), None).await;
+        ids.push(b["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let done = app.wait_backup(id, &["COMPLETED", "FAILED"]).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM outbox").await, 0, "the outbox drained");
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_running_jobs_they_complete() {
+    let pg = PrivatePostgres::start().await;
+    let app = spawn_app_with(2, AppOptions::default().postgres(&pg).lease(Duration::from_secs(4))).await;
+    let mut ids = Vec::new();
+    for i in 0..2u64 {
+        let dir = app.volumes().join(format!("g{i}"));
+        big_volume(&dir, 96, i);
+        let inst = app.register(&format!("g{i}"), &dir).await;
+        for n in 0..3 {
+            ids.push(app.backup(&inst, &format!("b{n}"), None).await["id"].as_str().unwrap().to_owned());
+        }
+    }
+    // Wait until something runs, then restart the database under it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.count("SELECT count(*) AS n FROM backups WHERE status = 'BUILDING'").await == 0 {
+        assert!(Instant::now() < deadline, "nothing started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.restart().await;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            // The API answers 500 while the database is away: keep polling.
+            let (status, body) = app.get(&format!("/backups/{id}")).await;
+            if status.is_success() {
+                let s = body["backup"]["status"].as_str().unwrap();
+                assert_ne!(s, "FAILED", "{body}");
+                if s == "COMPLETED" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "backup {id} did not complete after the restart: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(app);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_found_by_verify_and_named_by_restore() {
+    let app = spawn_app(1).await;
+    let dir = app.volumes().join("g");
+    big_volume(&dir, 16, 3);
+    let inst = app.register("g", &dir).await;
+    let full = app.backup_completed(&inst, "full", None).await;
+    let id = full["id"].as_str().unwrap();
+
+    let verify = |app: &TestApp, id: String| {
+        let app_url = app.url(&format!("/backups/{id}/action"));
+        let client = app.client.clone();
+        async move { client.post(app_url).json(&json!({"verify": {}})).send().await.unwrap() }
+    };
+    let resp = verify(&app, id.to_owned()).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let checked = wait_verify(&app, id).await;
+    assert_eq!(checked["status"], "OK", "{checked}");
+
+    // Flip one byte in the middle of the first pack.
+    let attempt = app.config.data_dir.join(format!("artifacts/backups/{id}/1"));
+    let pack = attempt.join("pack-00000");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+
+    verify(&app, id.to_owned()).await;
+    let checked = wait_verify(&app, id).await;
+    assert_eq!(checked["status"], "CORRUPTED", "{checked}");
+    assert!(checked["message"].as_str().unwrap().contains("pack-00000"), "{checked}");
+
+    let inst = app.restore("g2", id).await;
+    assert_eq!(inst["status"], "ERROR", "{inst}");
+    let reason = inst["fail_reason"].as_str().unwrap();
+    assert!(reason.contains("pack-00000") && reason.contains(id), "{reason}");
+
+    // An unknown action is a bad request; a backup that is not COMPLETED
+    // cannot be verified.
+    let (status, body) = app.post(&format!("/backups/{id}/action"), &json!({"explode": {}})).await;
+    cairn_testkit::assert_fault(status, &body, 400, "badRequest");
+}
+
+async fn wait_verify(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = app.get(&format!("/backups/{id}")).await;
+        let verify = body["backup"]["verify"].clone();
+        if verify["status"] != "RUNNING" && !verify.is_null() {
+            return verify;
+        }
+        assert!(Instant::now() < deadline, "verify did not finish: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes `payload` straight into the backup queue, as a duplicate or a
+/// broken producer would.
+async fn publish_raw(app: &TestApp, payload: &[u8]) {
+    let conn = lapin::Connection::connect(&app.config.amqp_url, Default::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let topology = Topology::new(&app.config.queue_prefix);
+    // A plain publish to an exchange that does not exist yet is dropped.
+    topology.declare(&channel).await.unwrap();
+    channel
+        .basic_publish(
+            topology.exchange().into(),
+            JobKind::Backup.as_str().into(),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_same_message_twice_and_two_racing_workers_have_one_effect() {
+    let mut app = spawn_app(0).await;
+    let dir = app.volumes().join("g");
+    big_volume(&dir, 16, 4);
+    let inst = app.register("g", &dir).await;
+    let b = app.backup(&inst, "once", None).await;
+    let id: uuid::Uuid = b["id"].as_str().unwrap().parse().unwrap();
+    let msg = serde_json::to_vec(&JobMessage { kind: JobKind::Backup, id, attempt: 0 }).unwrap();
+    for _ in 0..4 {
+        publish_raw(&app, &msg).await;
+    }
+    app.start_worker().await;
+    app.start_worker().await;
+    let done = app.wait_backup(&id.to_string(), &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count(&format!("SELECT attempts::bigint AS n FROM backups WHERE id = '{id}'")).await, 1);
+    let attempts = std::fs::read_dir(app.config.data_dir.join(format!("artifacts/backups/{id}"))).unwrap().count();
+    assert_eq!(attempts, 1, "one attempt, one set of objects");
+}
+
+#[tokio::test]
+async fn an_unreadable_message_is_dead_lettered_and_blocks_nothing() {
+    let app = spawn_app(1).await;
+    publish_raw(&app, b"{this is not a job").await;
+    let dir = app.volumes().join("g");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inst = app.register("g", &dir).await;
+    app.backup_completed(&inst, "after-garbage", None).await;
+    // The garbage is in the dead-letter queue, for a person to look at.
+    let conn = lapin::Connection::connect(&app.config.amqp_url, Default::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let dead = Topology::new(&app.config.queue_prefix).dead();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got =
+            channel.basic_get(dead.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap();
+        if let Some(message) = got {
+            assert_eq!(message.delivery.data, b"{this is not a job");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing reached {dead}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_transient_storage_failure_is_retried_then_fails_with_its_cause_after_max_attempts() {
+    let app = spawn_app(1).await;
+    let dir = app.volumes().join("g");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"data").unwrap();
+    let inst = app.register("g", &dir).await;
+    app.backup_completed(&inst, "first", None).await;
+
+    // Break the store: its backups/ directory becomes a file.
+    let store = app.config.data_dir.join("artifacts/backups");
+    let aside = app.config.data_dir.join("artifacts/aside");
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let b = app.backup(&inst, "retried", None).await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    // The first attempt fails and is scheduled again (not FAILED).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = app.get(&format!("/backups/{id}")).await;
+        if body["backup"]["fail_reason"].as_str().is_some_and(|r| r.contains("retrying in")) {
+            assert_eq!(body["backup"]["status"], "BUILDING", "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retry was scheduled: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Repair the store: the retry succeeds.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&aside, &store).unwrap();
+    let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(app.count(&format!("SELECT attempts::bigint AS n FROM backups WHERE id = '{id}'")).await >= 2);
+
+    // Broken for good: after 3 attempts (1 s, then 5 s apart) it fails,
+    // naming the cause.
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let b = app.backup(&inst, "doomed", None).await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    let failed = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["fail_reason"].as_str().unwrap();
+    assert!(reason.contains("after 3 attempts") && reason.contains("backups/"), "{reason}");
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&aside, &store).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_job_holds_no_delivery_and_sigterm_hands_it_over() {
+    let rabbit = PrivateRabbit::start().await;
+    let options = AppOptions::default().rabbit(&rabbit).lease(Duration::from_secs(30)).shutdown_grace(Duration::ZERO);
+    let mut app = spawn_app_with(0, options).await;
+    let dir = app.volumes().join("g");
+    big_volume(&dir, 320, 9);
+    let inst = app.register("g", &dir).await;
+    app.start_worker_process(Path::new(WORKER), "first");
+    let b = app.backup(&inst, "long", None).await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = app.get(&format!("/backups/{id}")).await;
+        if body["backup"]["status"] == "BUILDING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The job runs on its lease, not on a delivery: nothing is unacked, so
+    // RabbitMQ's consumer_timeout can never cut a long job off.
+    let queue = Topology::new(&app.config.queue_prefix).queue_for(JobKind::Backup);
+    let (ready, unacked) = rabbit.queue_counts(&queue).await;
+    assert_eq!((ready, unacked), (0, 0), "a running job holds a delivery");
+
+    // SIGTERM: the worker hands the job back after its grace period (none in
+    // this app) instead of leaving it for the 30 s lease to expire; another
+    // worker takes it over and completes it.
+    app.start_worker_process(Path::new(WORKER), "second");
+    let stopped_at = Instant::now();
+    app.terminate_worker_process(0);
+    let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(stopped_at.elapsed() < Duration::from_secs(25), "took over only after the lease expired");
+    let owner =
+        app.count(&format!("SELECT (lease_owner = 'second')::int::bigint AS n FROM backups WHERE id = '{id}'")).await;
+    assert_eq!(owner, 1, "the second worker completed the job");
+    drop(app);
+}
