@@ -1,10 +1,5 @@
 //! Instances, backups and the job outbox.
 
-use sea_orm_migration::{async_trait, prelude::*};
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
 const UP: &str = r#"
 CREATE TABLE instances (
     id                uuid PRIMARY KEY,
@@ -80,16 +75,4 @@ CREATE TABLE outbox (
 
 const DOWN: &str = "DROP TABLE outbox; DROP TABLE backups; DROP TABLE instances;";
 
-// The trait is declared with an elided `SchemaManager` lifetime; async_trait
-// requires the impl to match it exactly.
-#[allow(elided_lifetimes_in_paths)]
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}
+sql_migration!(UP, DOWN);

@@ -113,17 +113,47 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Keeps two worker processes running and kills one with SIGKILL every
+/// 0.5-3 s, starting a fresh one in its place.
+struct Killer {
+    rng: StdRng,
+    next_kill: Instant,
+    started: usize,
+    kills: usize,
+}
+
+impl Killer {
+    fn new(app: &mut TestApp) -> Self {
+        let mut killer = Self { rng: StdRng::seed_from_u64(7), next_kill: Instant::now(), started: 0, kills: 0 };
+        killer.start(app);
+        killer.start(app);
+        killer.schedule();
+        killer
+    }
+
+    fn start(&mut self, app: &mut TestApp) {
+        self.started += 1;
+        app.start_worker_process(Path::new(WORKER), &format!("w{}", self.started));
+    }
+
+    fn schedule(&mut self) {
+        self.next_kill = Instant::now() + Duration::from_millis(self.rng.random_range(500..3000));
+    }
+
+    fn maybe_kill(&mut self, app: &mut TestApp) {
+        if Instant::now() >= self.next_kill {
+            app.kill_worker_process(self.rng.random_range(0..2));
+            self.kills += 1;
+            self.start(app);
+            self.schedule();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
     let mut app = spawn_app_with(0, AppOptions::default().lease(Duration::from_secs(3))).await;
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut next_worker = 0;
-    let mut start = |app: &mut TestApp| {
-        next_worker += 1;
-        app.start_worker_process(Path::new(WORKER), &format!("w{next_worker}"));
-    };
-    start(&mut app);
-    start(&mut app);
+    let mut killer = Killer::new(&mut app);
 
     let mut instances = Vec::new();
     for i in 0..2u64 {
@@ -134,11 +164,9 @@ async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
 
     // Kill -9 one of the workers every 0.5-3 s and start a new one, while
     // 20 backups (10 links on each of two instances) and 5 restores run.
-    let kills = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut watch = StatusWatch::default();
     let mut parents: Vec<Option<String>> = vec![None, None];
     let mut states: Vec<(String, BTreeMap<std::path::PathBuf, cairn_testkit::EntryState>)> = Vec::new();
-    let mut next_kill = Instant::now() + Duration::from_millis(rng.random_range(500..3000));
     let deadline = Instant::now() + Duration::from_secs(240);
     for round in 0..10u64 {
         let mut pending = Vec::new();
@@ -159,12 +187,7 @@ async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
                 }
                 assert_ne!(status, "FAILED", "{body}");
                 assert!(Instant::now() < deadline, "backups did not finish under kill -9: {body}");
-                if Instant::now() >= next_kill {
-                    app.kill_worker_process(rng.random_range(0..2));
-                    kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    start(&mut app);
-                    next_kill = Instant::now() + Duration::from_millis(rng.random_range(500..3000));
-                }
+                killer.maybe_kill(&mut app);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             parents[i] = Some(id.clone());
@@ -197,16 +220,11 @@ async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
             }
             assert_ne!(status, "ERROR", "{body}");
             assert!(Instant::now() < deadline, "restores did not finish under kill -9: {body}");
-            if Instant::now() >= next_kill {
-                app.kill_worker_process(rng.random_range(0..2));
-                kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                start(&mut app);
-                next_kill = Instant::now() + Duration::from_millis(rng.random_range(500..3000));
-            }
+            killer.maybe_kill(&mut app);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let kills = kills.load(std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.kills;
     assert!(kills >= 3, "the test killed only {kills} workers");
 
     // No job ran to completion twice, every one ran to completion once.
