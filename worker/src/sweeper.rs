@@ -1,9 +1,13 @@
-//! Finds jobs whose worker died and re-enqueues them.
+//! Finds jobs whose worker died, or whose message was lost, and re-enqueues
+//! them.
 //!
 //! A job's lease expires when its worker stops heart-beating (killed, machine
 //! gone, stalled). Its message may be gone too (acked, or dead-lettered), so
 //! the sweeper re-enqueues such jobs through the outbox; the claim then takes
-//! them over. One sweeper at a time per database does the work (an advisory
+//! them over. A `NEW` backup is normally woken by the end of the backup it
+//! waits for; one that has waited two leases (a minute by default) with
+//! nothing queued for it is
+//! re-enqueued too, so nothing stays `NEW` forever. One sweeper at a time per database does the work (an advisory
 //! lock), so many workers do not multiply the messages.
 
 use std::{sync::Arc, time::Duration};
@@ -46,13 +50,17 @@ async fn sweep(ctx: &JobContext) -> Result<bool, sea_orm::DbErr> {
     if !locked {
         return Ok(false);
     }
+    let stale_new: sea_orm::Value = (2.0 * ctx.config.lease.as_secs_f64()).into();
     let expired = txn
-        .query_one_raw(Statement::from_string(
+        .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT (SELECT count(*) FROM backups WHERE status IN ('BUILDING', 'SAVING') AND lease_expires < now())
+                  + (SELECT count(*) FROM backups b WHERE status = 'NEW' AND updated < now() - make_interval(secs => $1)
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.target_id = b.id))
                   + (SELECT count(*) FROM instances WHERE status = 'BUILD' AND NOT deleted
                        AND (lease_owner IS NULL OR lease_expires < now())
                        AND created < now() - interval '10 seconds') AS n",
+            vec![stale_new.clone()],
         ))
         .await?
         .and_then(|row| row.try_get::<i64>("", "n").ok())
@@ -65,6 +73,14 @@ async fn sweep(ctx: &JobContext) -> Result<bool, sea_orm::DbErr> {
         JobKind::Backup,
         "SELECT id FROM backups WHERE status IN ('BUILDING', 'SAVING') AND lease_expires < now()",
         vec![],
+    )
+    .await?;
+    outbox::enqueue_where(
+        &txn,
+        JobKind::Backup,
+        "SELECT id FROM backups b WHERE status = 'NEW' AND updated < now() - make_interval(secs => $1)
+            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.target_id = b.id)",
+        vec![stale_new],
     )
     .await?;
     outbox::enqueue_where(

@@ -538,3 +538,28 @@ async fn a_running_job_holds_no_delivery_and_sigterm_hands_it_over() {
     assert_eq!(owner, 1, "the second worker completed the job");
     drop(app);
 }
+
+#[tokio::test]
+async fn a_lost_message_does_not_leave_a_backup_new_forever() {
+    let mut app = spawn_app_with(0, AppOptions::default().lease(Duration::from_secs(2))).await;
+    let dir = app.volumes().join("g");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inst = app.register("g", &dir).await;
+    let b = app.backup(&inst, "lost", None).await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    // The relay publishes the job; then the message is lost (purged).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.count("SELECT count(*) AS n FROM outbox").await > 0 {
+        assert!(Instant::now() < deadline, "the outbox was not relayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conn = lapin::Connection::connect(&app.config.amqp_url, Default::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let queue = Topology::new(&app.config.queue_prefix).queue_for(JobKind::Backup);
+    let purged = channel.queue_purge(queue.as_str().into(), Default::default()).await.unwrap();
+    assert_eq!(purged, 1, "the job's message was in the queue");
+    // A worker's sweeper finds the stale NEW backup and queues it again.
+    app.start_worker().await;
+    let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+}
