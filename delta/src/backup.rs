@@ -115,6 +115,7 @@ pub fn backup_tree(
         total: 0,
         last_report: 0,
         progress,
+        throttle: Throttle::new(opts.read_limit),
     };
     let entries = match b.run(source) {
         Ok(e) => e,
@@ -200,6 +201,7 @@ struct Backup<'a, 'p> {
     total: u64,
     last_report: u64,
     progress: &'a mut dyn FnMut(Progress),
+    throttle: Throttle,
 }
 
 impl Backup<'_, '_> {
@@ -376,6 +378,7 @@ impl Backup<'_, '_> {
             if n == 0 {
                 break;
             }
+            self.throttle.consumed(n as u64);
             let data = &buf[..n];
             whole.update(data);
             let zero = is_zero(data);
@@ -614,5 +617,28 @@ impl PackWriter<'_> {
 fn remove_all(packs: &[StagedPack]) {
     for p in packs {
         let _ = fs::remove_file(&p.path);
+    }
+}
+
+/// Keeps reading at or below a rate: after each read, sleeps for as long as
+/// the reads so far are ahead of the schedule the limit allows.
+struct Throttle {
+    limit: Option<u64>,
+    started: std::time::Instant,
+    read: u64,
+}
+
+impl Throttle {
+    fn new(limit: Option<u64>) -> Self {
+        Throttle { limit: limit.filter(|l| *l > 0), started: std::time::Instant::now(), read: 0 }
+    }
+
+    fn consumed(&mut self, bytes: u64) {
+        let Some(limit) = self.limit else { return };
+        self.read += bytes;
+        let due = std::time::Duration::from_secs_f64(self.read as f64 / limit as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
     }
 }

@@ -64,11 +64,15 @@ pub struct BackupOptions {
     pub pack_target_size: u64,
     /// zstd level for stored blocks (1 favours throughput).
     pub zstd_level: i32,
+    /// Largest rate at which file data is read, in bytes per second; `None`
+    /// reads as fast as the disk allows. A backup of a live database's
+    /// directory should not starve the database of I/O.
+    pub read_limit: Option<u64>,
 }
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { block_size: 16 << 10, pack_target_size: 64 << 20, zstd_level: 1 }
+        BackupOptions { block_size: 16 << 10, pack_target_size: 64 << 20, zstd_level: 1, read_limit: None }
     }
 }
 

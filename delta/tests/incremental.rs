@@ -155,7 +155,12 @@ fn chain_of_ten_incrementals_restores_every_link() {
     let s = src.path();
     let mut r = rng(42);
     initial_tree(s, &mut r);
-    let mut chain = Chain::new(BackupOptions { block_size: bs as u32, pack_target_size: 256 << 10, zstd_level: 3 });
+    let mut chain = Chain::new(BackupOptions {
+        block_size: bs as u32,
+        pack_target_size: 256 << 10,
+        zstd_level: 3,
+        read_limit: None,
+    });
     let mut snaps = Vec::new();
     let mut log = Vec::new();
     chain.backup(s);

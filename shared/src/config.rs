@@ -44,6 +44,10 @@ pub struct Config {
     /// How long a stopping worker lets running jobs finish before it
     /// releases them to other workers (`CAIRN_SHUTDOWN_GRACE_SECONDS`, 30).
     pub shutdown_grace: Duration,
+    /// Largest rate a backup reads its source at, in bytes per second
+    /// (`CAIRN_BACKUP_READ_LIMIT`, in MiB/s; unset = unlimited), so that a
+    /// backup does not starve the database it copies.
+    pub backup_read_limit: Option<u64>,
     /// Name of this process in leases and logs (`CAIRN_WORKER_ID`, default
     /// `<hostname>-<pid>`).
     pub worker_id: String,
@@ -86,6 +90,16 @@ impl Config {
         };
         let max_attempts = u32::try_from(number("CAIRN_MAX_ATTEMPTS", 3)?.max(1)).unwrap_or(u32::MAX);
         let shutdown_grace = Duration::from_secs(number("CAIRN_SHUTDOWN_GRACE_SECONDS", 30)?);
+        let backup_read_limit = match var("CAIRN_BACKUP_READ_LIMIT") {
+            Some(v) => Some(
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|mib| *mib > 0)
+                    .with_context(|| format!("CAIRN_BACKUP_READ_LIMIT={v:?} is not a positive number of MiB/s"))?
+                    << 20,
+            ),
+            None => None,
+        };
         let config = Self {
             database_url: var("CAIRN_DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/cairn".into()),
@@ -99,6 +113,7 @@ impl Config {
             lease: Duration::from_secs(lease_seconds),
             max_attempts,
             shutdown_grace,
+            backup_read_limit,
             worker_id: var("CAIRN_WORKER_ID").unwrap_or_else(default_worker_id),
             data_dir,
         };

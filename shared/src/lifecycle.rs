@@ -269,8 +269,8 @@ pub enum DeleteRefused {
 /// happens before (and the delete is refused) or sees `DELETING`.
 /// Returns the ids, descendants first.
 pub async fn begin_delete<C: ConnectionTrait>(txn: &C, id: Uuid) -> Result<Result<Vec<Uuid>, DeleteRefused>, DbErr> {
-    let subtree = backup::Entity::find()
-        .from_raw_sql(stmt(
+    let lock_subtree = || {
+        backup::Entity::find().from_raw_sql(stmt(
             r#"SELECT b.* FROM backups b
                 WHERE b.id IN (
                     WITH RECURSIVE sub(id, depth) AS (
@@ -282,8 +282,12 @@ pub async fn begin_delete<C: ConnectionTrait>(txn: &C, id: Uuid) -> Result<Resul
                 FOR UPDATE"#,
             vec![id.into()],
         ))
-        .all(txn)
-        .await?;
+    };
+    // The first statement's snapshot may miss a child committed while it
+    // waited for the locks; once we hold them no new child can appear
+    // (adding one takes its parent FOR SHARE), so a second read is complete.
+    lock_subtree().all(txn).await?;
+    let subtree = lock_subtree().all(txn).await?;
     for b in &subtree {
         match BackupStatus::parse(&b.status) {
             Some(s) if s.is_running() => return Ok(Err(DeleteRefused::Running(b.id, s))),

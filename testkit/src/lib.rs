@@ -67,6 +67,8 @@ pub struct AppOptions {
     pub max_attempts: Option<u32>,
     /// How long a stopping worker lets running jobs finish. Default: 5 s.
     pub shutdown_grace: Option<Duration>,
+    /// Backups read at most this many MiB/s (`CAIRN_BACKUP_READ_LIMIT`).
+    pub backup_read_limit_mib: Option<u64>,
 }
 
 impl AppOptions {
@@ -96,6 +98,12 @@ impl AppOptions {
         self.shutdown_grace = Some(grace);
         self
     }
+
+    /// Backups read their source at most `mib` MiB/s: a job of known length.
+    pub fn backup_read_limit(mut self, mib: u64) -> Self {
+        self.backup_read_limit_mib = Some(mib);
+        self
+    }
 }
 
 /// Starts an API and `workers` in-process workers on the shared servers.
@@ -122,6 +130,7 @@ pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
         lease: options.lease.unwrap_or(Duration::from_secs(10)),
         max_attempts: options.max_attempts.unwrap_or(3),
         shutdown_grace: options.shutdown_grace.unwrap_or(Duration::from_secs(5)),
+        backup_read_limit: options.backup_read_limit_mib.map(|mib| mib << 20),
         worker_id: "test-api".into(),
         data_dir: dir,
     };
@@ -178,6 +187,7 @@ impl TestApp {
             .env("CAIRN_LEASE_SECONDS", secs(c.lease.max(Duration::from_secs(2))))
             .env("CAIRN_MAX_ATTEMPTS", c.max_attempts.to_string())
             .env("CAIRN_SHUTDOWN_GRACE_SECONDS", secs(c.shutdown_grace))
+            .env("CAIRN_BACKUP_READ_LIMIT", c.backup_read_limit.map_or(String::new(), |b| (b >> 20).to_string()))
             .env("CAIRN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -41,7 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let nudge = Nudge::default();
     let ctx = Arc::new(JobContext {
         db: db.clone(),
-        datastores: Datastores::new(store.clone(), config.staging_dir()),
+        datastores: Datastores::new(store.clone(), config.staging_dir(), config.backup_read_limit),
         store,
         config: config.clone(),
         nudge: nudge.clone(),

@@ -109,9 +109,10 @@ pub struct Datastores {
 }
 
 impl Datastores {
-    /// Every served datastore over one artifact store.
-    pub fn new(store: ArtifactStore, staging_dir: PathBuf) -> Self {
-        Self { volume: Arc::new(VolumeDatastore::new(store, staging_dir)) }
+    /// Every served datastore over one artifact store; backups read at
+    /// most `read_limit` bytes per second.
+    pub fn new(store: ArtifactStore, staging_dir: PathBuf, read_limit: Option<u64>) -> Self {
+        Self { volume: Arc::new(VolumeDatastore::new(store, staging_dir, read_limit)) }
     }
 
     /// The datastore for `kind`, if served.

@@ -20,6 +20,7 @@ use crate::{failure::permanent, lifecycle::CompletedArtifact, storage::ArtifactS
 pub struct VolumeDatastore {
     store: ArtifactStore,
     staging: PathBuf,
+    options: BackupOptions,
 }
 
 impl VolumeDatastore {
@@ -28,9 +29,10 @@ impl VolumeDatastore {
     /// The version reported by the API: the delta format's.
     pub const VERSION: &'static str = "1";
 
-    /// A datastore storing into `store`, staging under `staging`.
-    pub fn new(store: ArtifactStore, staging: PathBuf) -> Self {
-        Self { store, staging }
+    /// A datastore storing into `store`, staging under `staging`, reading
+    /// sources at most `read_limit` bytes per second.
+    pub fn new(store: ArtifactStore, staging: PathBuf, read_limit: Option<u64>) -> Self {
+        Self { store, staging, options: BackupOptions { read_limit, ..BackupOptions::default() } }
     }
 
     /// Fetches a link's manifest and checks it against the recorded checksum.
@@ -76,9 +78,10 @@ impl Datastore for VolumeDatastore {
         let source = req.source.clone();
         let ids = LinkIds { backup_id: req.backup_id, instance_id: req.instance_id };
         let staging_dir = staging.clone();
+        let options = self.options.clone();
         let output = tokio::task::spawn_blocking(move || {
             let parent = parent.as_ref().map(|p| (&p.manifest, p.checksum.as_str()));
-            cairn_delta::backup_tree(&source, parent, ids, &BackupOptions::default(), &staging_dir, &mut |p| {
+            cairn_delta::backup_tree(&source, parent, ids, &options, &staging_dir, &mut |p| {
                 progress.set(p.done_bytes, p.total_bytes)
             })
         })

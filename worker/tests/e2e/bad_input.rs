@@ -5,12 +5,11 @@ use serde_json::json;
 
 use cairn_testkit::{TestApp, assert_fault, spawn_app};
 
-async fn rows(app: &TestApp) -> (i64, i64, i64) {
-    (
-        app.count("SELECT count(*) AS n FROM backups").await,
-        app.count("SELECT count(*) AS n FROM instances").await,
-        app.count("SELECT count(*) AS n FROM outbox").await,
-    )
+/// Backups and instances recorded. Every job is one of these rows, so equal
+/// counts mean nothing was accepted. (The outbox is not counted: the relay
+/// drains it concurrently.)
+async fn rows(app: &TestApp) -> (i64, i64) {
+    (app.count("SELECT count(*) AS n FROM backups").await, app.count("SELECT count(*) AS n FROM instances").await)
 }
 
 #[tokio::test]
