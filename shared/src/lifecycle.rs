@@ -247,6 +247,7 @@ async fn wake_waiting_backups<C: ConnectionTrait>(txn: &C, instance_id: Uuid) ->
         vec![instance_id.into()],
     )
     .await
+    .map(|_| ())
 }
 
 /// Why a delete was refused.

@@ -54,27 +54,24 @@ pub async fn enqueue_delayed<C: ConnectionTrait>(
 }
 
 /// Records a job for every id that `select_ids` (a query returning one uuid
-/// column) yields, in the caller's transaction.
+/// column, with `values` as its `$1..$n`) yields, in the caller's
+/// transaction. Returns how many were recorded.
 pub async fn enqueue_where<C: ConnectionTrait>(
     txn: &C,
     kind: JobKind,
     select_ids: &str,
-    values: Vec<Value>,
-) -> Result<(), DbErr> {
-    let mut all = vec![Value::from(kind.as_str())];
-    all.extend(values);
-    // Shift the caller's placeholders by one: $1 is the kind.
-    let mut select = select_ids.to_owned();
-    for i in (1..all.len()).rev() {
-        select = select.replace(&format!("${i}"), &format!("${}", i + 1));
-    }
+    mut values: Vec<Value>,
+) -> Result<u64, DbErr> {
+    // The kind is bound after the caller's parameters.
+    values.push(kind.as_str().into());
+    let kind_param = values.len();
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        format!("INSERT INTO outbox (kind, target_id) SELECT $1, id FROM ({select}) AS waiting"),
-        all,
+        format!("INSERT INTO outbox (kind, target_id) SELECT ${kind_param}, id FROM ({select_ids}) AS waiting"),
+        values,
     ))
     .await
-    .map(|_| ())
+    .map(|res| res.rows_affected())
 }
 
 /// Wakes the relay of this process after a commit that enqueued something.

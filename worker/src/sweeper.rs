@@ -51,31 +51,14 @@ async fn sweep(ctx: &JobContext) -> Result<bool, sea_orm::DbErr> {
         return Ok(false);
     }
     let stale_new: sea_orm::Value = (2.0 * ctx.config.lease.as_secs_f64()).into();
-    let expired = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT (SELECT count(*) FROM backups WHERE status IN ('BUILDING', 'SAVING') AND lease_expires < now())
-                  + (SELECT count(*) FROM backups b WHERE status = 'NEW' AND updated < now() - make_interval(secs => $1)
-                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.target_id = b.id))
-                  + (SELECT count(*) FROM instances WHERE status = 'BUILD' AND NOT deleted
-                       AND (lease_owner IS NULL OR lease_expires < now())
-                       AND created < now() - interval '10 seconds') AS n",
-            vec![stale_new.clone()],
-        ))
-        .await?
-        .and_then(|row| row.try_get::<i64>("", "n").ok())
-        .unwrap_or(0);
-    if expired == 0 {
-        return Ok(false);
-    }
-    outbox::enqueue_where(
+    let mut requeued = outbox::enqueue_where(
         &txn,
         JobKind::Backup,
         "SELECT id FROM backups WHERE status IN ('BUILDING', 'SAVING') AND lease_expires < now()",
         vec![],
     )
     .await?;
-    outbox::enqueue_where(
+    requeued += outbox::enqueue_where(
         &txn,
         JobKind::Backup,
         "SELECT id FROM backups b WHERE status = 'NEW' AND updated < now() - make_interval(secs => $1)
@@ -83,7 +66,7 @@ async fn sweep(ctx: &JobContext) -> Result<bool, sea_orm::DbErr> {
         vec![stale_new],
     )
     .await?;
-    outbox::enqueue_where(
+    requeued += outbox::enqueue_where(
         &txn,
         JobKind::Restore,
         "SELECT id FROM instances WHERE status = 'BUILD' AND NOT deleted
@@ -91,7 +74,10 @@ async fn sweep(ctx: &JobContext) -> Result<bool, sea_orm::DbErr> {
         vec![],
     )
     .await?;
+    if requeued == 0 {
+        return Ok(false); // dropping the transaction rolls it back
+    }
     txn.commit().await?;
-    tracing::info!(jobs = expired, "re-enqueued jobs whose worker stopped");
+    tracing::info!(jobs = requeued, "re-enqueued jobs whose worker stopped or whose message was lost");
     Ok(true)
 }
