@@ -503,21 +503,26 @@ async fn a_transient_storage_failure_is_retried_then_fails_with_its_cause_after_
     std::fs::rename(&aside, &store).unwrap();
 }
 
+/// The worker that owns (or, once finished, ran) backup `id`; with
+/// `running`, only while it is BUILDING.
+async fn lease_owner(app: &TestApp, id: &str, running: bool) -> Option<String> {
+    let only_running = if running { " AND status = 'BUILDING'" } else { "" };
+    app.db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT lease_owner FROM backups WHERE id = '{id}'{only_running}"),
+        ))
+        .await
+        .unwrap()
+        .and_then(|row| row.try_get::<Option<String>>("", "lease_owner").ok().flatten())
+}
+
 /// Posts a backup and waits until a worker runs it; its id and the worker.
 async fn running_backup(app: &TestApp, instance: &str, name: &str) -> (String, String) {
     let id = app.backup(instance, name, None).await["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let owner = app
-            .db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT lease_owner FROM backups WHERE id = '{id}' AND status = 'BUILDING'"),
-            ))
-            .await
-            .unwrap()
-            .and_then(|row| row.try_get::<Option<String>>("", "lease_owner").ok().flatten());
-        if let Some(owner) = owner {
+        if let Some(owner) = lease_owner(app, &id, true).await {
             return (id, owner);
         }
         assert!(Instant::now() < deadline, "backup {id} never started");
@@ -600,17 +605,7 @@ async fn sigterm_hands_a_running_job_to_another_worker() {
         names.remove(index);
         let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
         assert_eq!(done["status"], "COMPLETED", "{done}");
-        let finisher = app
-            .db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT lease_owner FROM backups WHERE id = '{id}'"),
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get::<String>("", "lease_owner")
-            .unwrap();
+        let finisher = lease_owner(&app, &id, false).await.expect("a completed backup names its worker");
         if finisher != owner {
             assert!(stopped_at.elapsed() < Duration::from_secs(25), "taken over only after the lease expired");
             return;

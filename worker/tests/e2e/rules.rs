@@ -16,6 +16,13 @@ async fn instance_with_data(app: &TestApp, name: &str) -> String {
     app.register(name, &dir).await
 }
 
+/// POSTs `body` to `path` in a second project of the same deployment.
+async fn post_in_other_project(app: &TestApp, path: &str, body: &serde_json::Value) -> (StatusCode, serde_json::Value) {
+    let resp = app.client.post(app.url_for("other-project", path)).json(body).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 async fn post_backup(app: &TestApp, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
     app.post("/backups", &json!({ "backup": body })).await
 }
@@ -32,38 +39,17 @@ async fn rule1_parent_of_another_instance_or_project_is_refused() {
     assert_fault(status, &body, 422, "unprocessableEntity");
 
     // The same ids seen from another project: the instance is not there (404).
-    let other = TestApp::url_for(&app, "other-project", "/backups");
-    let resp = app
-        .client
-        .post(other)
-        .json(&json!({"backup": {"name": "x", "instance": a, "parent_id": full_a["id"]}}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let body = json!({"backup": {"name": "x", "instance": a, "parent_id": full_a["id"]}});
+    let (status, body) = post_in_other_project(&app, "/backups", &body).await;
     assert_fault(status, &body, 404, "itemNotFound");
 
     // An instance of the other project naming our backup as parent: 422.
     let dir = app.volumes().join("c");
     std::fs::create_dir_all(&dir).unwrap();
-    let resp = app
-        .client
-        .post(TestApp::url_for(&app, "other-project", "/instances"))
-        .json(&json!({"instance": {"name": "c", "datastore": {"type": "volume"}, "volume": {"path": dir}}}))
-        .send()
-        .await
-        .unwrap();
-    let c: serde_json::Value = resp.json().await.unwrap();
-    let resp = app
-        .client
-        .post(TestApp::url_for(&app, "other-project", "/backups"))
-        .json(&json!({"backup": {"name": "x", "instance": c["instance"]["id"], "parent_id": full_a["id"]}}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let register = json!({"instance": {"name": "c", "datastore": {"type": "volume"}, "volume": {"path": dir}}});
+    let (_, c) = post_in_other_project(&app, "/instances", &register).await;
+    let body = json!({"backup": {"name": "x", "instance": c["instance"]["id"], "parent_id": full_a["id"]}});
+    let (status, body) = post_in_other_project(&app, "/backups", &body).await;
     assert_fault(status, &body, 422, "unprocessableEntity");
 
     assert_eq!(app.count("SELECT count(*) AS n FROM backups").await, before, "nothing was recorded");
