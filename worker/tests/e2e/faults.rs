@@ -228,13 +228,20 @@ async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
     let kills = killer.kills;
     assert!(kills >= 3, "the test killed only {kills} workers");
 
-    // No job ran to completion twice, every one ran to completion once.
+    // Every job ran to completion once: the database says so (the loops above
+    // saw each one COMPLETED or ACTIVE), and no job ran to completion twice:
+    // no id has two "completed" log lines. A worker killed between its commit
+    // and its log line leaves none, so a missing line is not a lost job, and
+    // only ids the test submitted may appear.
     let backups = completions(&app, "backup", "backup_id");
-    assert_eq!(backups.len(), 20, "{backups:?}");
     assert!(backups.values().all(|n| *n == 1), "a backup completed twice: {backups:?}");
+    assert!(backups.keys().all(|id| states.iter().any(|(s, _)| s == id)), "{backups:?}");
+    assert!(backups.len() >= 15, "too few completion lines to judge: {backups:?}");
+    let completed = app.count("SELECT count(*) AS n FROM backups WHERE status = 'COMPLETED'").await;
+    assert_eq!(completed, 20);
     let restored = completions(&app, "restore", "instance_id");
-    assert_eq!(restored.len(), 5, "{restored:?}");
     assert!(restored.values().all(|n| *n == 1), "a restore completed twice: {restored:?}");
+    assert!(restored.keys().all(|id| restores.iter().any(|(r, _)| r == id)), "{restored:?}");
     // Abandoned attempts left no objects behind.
     let artifacts = app.config.data_dir.join("artifacts/backups");
     for (id, _) in &states {
