@@ -19,6 +19,14 @@ pub enum ApiError {
     /// The request cannot be understood (400 `badRequest`).
     #[error("{0}")]
     BadRequest(String),
+    /// No token, or one that is malformed, unknown, wrong or revoked (401
+    /// `unauthorized`). The message never repeats what was presented.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token is valid but not for this project or this action (403
+    /// `forbidden`).
+    #[error("{0}")]
+    Forbidden(String),
     /// The named object does not exist in this project (404 `itemNotFound`).
     #[error("{0}")]
     NotFound(String),
@@ -46,6 +54,8 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "badRequest"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "itemNotFound"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessableEntity"),

@@ -2,19 +2,22 @@
 //! their outbox entries in one transaction, and answers from PostgreSQL.
 //! It never runs a job; workers do.
 
+pub mod auth;
 pub mod error;
 mod extract;
+pub mod quota;
 mod routes;
+pub mod tokens;
 mod views;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit};
-use cairn_shared::{Config, outbox::Nudge, queue::Broker};
+use cairn_shared::{Config, config::AuthMode, outbox::Nudge, queue::Broker};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
 /// Largest request body accepted; Trove's bodies are a few hundred bytes.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -35,11 +38,25 @@ pub struct AppState {
     pub default_volume_dir: PathBuf,
     /// Wakes the outbox relay after a commit.
     pub nudge: Nudge,
+    /// Whether requests need a token.
+    pub auth: AuthMode,
+    /// Per-project limits on backups.
+    pub quotas: quota::Quotas,
 }
 
 /// The API's routes over `state`.
+///
+/// Layers, outermost first: the HTTP trace (method, path, status, latency;
+/// headers are not recorded, so `X-Auth-Token` never reaches a log), the
+/// token check ([`auth`]), then the body limit the JSON extractor applies.
 pub fn router(state: AppState) -> Router {
-    routes::routes().0.layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(TraceLayer::new_for_http()).with_state(state)
+    let trace = TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().include_headers(false));
+    routes::routes()
+        .0
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(trace)
+        .with_state(state)
 }
 
 /// A running API: its address and the task serving it.
@@ -54,6 +71,7 @@ impl Application {
     /// Connects, migrates, binds `config.listen` and starts serving and
     /// relaying the outbox until `shutdown` fires.
     pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        config.check_auth_exposure()?;
         let db = cairn_shared::db::connect_and_migrate(&config.database_url).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -67,6 +85,8 @@ impl Application {
             volume_roots: config.volume_roots.clone(),
             default_volume_dir: config.default_volume_dir(),
             nudge,
+            auth: config.auth,
+            quotas: quota::Quotas { backups: config.quota_backups, bytes: config.quota_bytes },
         };
         let app = router(state);
         let server = tokio::spawn(async move {
@@ -75,7 +95,7 @@ impl Application {
                 .await
                 .context("HTTP server failed")
         });
-        tracing::info!(%addr, "cairn-api listening");
+        tracing::info!(%addr, auth = %config.auth, "cairn-api listening");
         Ok(Self { addr, server, relay })
     }
 

@@ -79,14 +79,23 @@ pub struct Client {
 pub const MAX_PAGE: u64 = 1000;
 
 impl Client {
-    /// A client of `project` at `url`, listing `page` backups per request.
-    pub fn new(url: &Url, project: &str, page: u64) -> Result<Self, Error> {
+    /// A client of `project` at `url`, sending `token` (if any) in
+    /// X-Auth-Token, listing `page` backups per request.
+    pub fn new(url: &Url, project: &str, token: Option<&str>, page: u64) -> Result<Self, Error> {
         let mut base = url.clone();
         base.path_segments_mut()
             .map_err(|()| Error::Protocol(format!("{url} cannot be a base URL")))?
             .pop_if_empty()
             .extend(["v1.0", project]);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(token.trim())
+                .map_err(|_| Error::Protocol("the token holds characters a header cannot carry".into()))?;
+            value.set_sensitive(true);
+            headers.insert("x-auth-token", value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()
@@ -269,9 +278,9 @@ mod tests {
 
     #[test]
     fn base_url_gets_version_and_project() {
-        let c = Client::new(&Url::parse("http://h:1/").unwrap(), "p1", MAX_PAGE).unwrap();
+        let c = Client::new(&Url::parse("http://h:1/").unwrap(), "p1", None, MAX_PAGE).unwrap();
         assert_eq!(c.url(&["backups", "x"]).as_str(), "http://h:1/v1.0/p1/backups/x");
-        let c = Client::new(&Url::parse("http://h:1/prefix").unwrap(), "p1", MAX_PAGE).unwrap();
+        let c = Client::new(&Url::parse("http://h:1/prefix").unwrap(), "p1", None, MAX_PAGE).unwrap();
         assert_eq!(c.url(&["instances"]).as_str(), "http://h:1/prefix/v1.0/p1/instances");
     }
 

@@ -45,6 +45,11 @@ struct Cli {
     #[arg(long, env = "CAIRN_PROJECT", global = true)]
     project: Option<String>,
 
+    /// The API token (`cairn-api token create` makes one), sent in
+    /// X-Auth-Token. Also read from OS_TOKEN, as the OpenStack client does.
+    #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+
     /// Print the API's JSON (an array for lists) instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -142,7 +147,8 @@ fn parse_url(raw: &str) -> Result<Url, String> {
 }
 
 async fn run(cli: Cli, project: &str) -> Result<Outcome, client::Error> {
-    let client = Client::new(&cli.url, project, cli.page_size)?;
+    let token = cli.token.clone().or_else(|| std::env::var("OS_TOKEN").ok()).filter(|t| !t.trim().is_empty());
+    let client = Client::new(&cli.url, project, token.as_deref(), cli.page_size)?;
     let j = cli.json;
     match cli.command {
         Command::BackupCreate { instance, name, parent, incremental, description, wait } => {

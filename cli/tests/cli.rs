@@ -64,15 +64,20 @@ impl Run {
 struct Cairn {
     url: String,
     project: String,
+    token: String,
 }
 
 impl Cairn {
     fn new(app: &TestApp) -> Self {
-        Self { url: app.base.trim_end_matches("/v1.0").to_owned(), project: app.project.clone() }
+        Self {
+            url: app.base.trim_end_matches("/v1.0").to_owned(),
+            project: app.project.clone(),
+            token: app.token.clone(),
+        }
     }
 
     async fn run(&self, args: &[&str]) -> Run {
-        let mut all = vec!["--url", &self.url, "--project", &self.project];
+        let mut all = vec!["--url", &self.url, "--project", &self.project, "--token", &self.token];
         all.extend_from_slice(args);
         raw(&all).await
     }
@@ -84,6 +89,8 @@ async fn raw(args: &[&str]) -> Run {
         .args(args)
         .env_remove("CAIRN_URL")
         .env_remove("CAIRN_PROJECT")
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("OS_TOKEN")
         .output()
         .await
         .expect("the cairn binary runs");
@@ -338,4 +345,33 @@ async fn not_found_refusals_failed_jobs_and_ambiguous_names() {
         assert!(std::time::Instant::now() < deadline, "doomed still there");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The token comes from `--token`, `CAIRN_TOKEN` or `OS_TOKEN`; without one
+/// the API's 401 is a refusal (1) with its message, and so is another
+/// project's token (403).
+#[tokio::test]
+async fn the_token_comes_from_the_flag_or_the_environment() {
+    let app = spawn_app(0).await;
+    let url = app.base.trim_end_matches("/v1.0").to_owned();
+    let with_env = |var: &str, value: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["--url", &url, "--project", &app.project, "list"])
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("OS_TOKEN")
+            .env(var, value);
+        cmd
+    };
+    for var in ["CAIRN_TOKEN", "OS_TOKEN"] {
+        let out = with_env(var, &app.token).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{var}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r = raw(&["--url", &url, "--project", &app.project, "list"]).await.expect(1);
+    assert!(r.stderr.contains("X-Auth-Token"), "{}", r.stderr);
+    let foreign = app.token_for(&format!("{}-z", app.project), false).await;
+    let r = raw(&["--url", &url, "--project", &app.project, "--token", &foreign, "list"]).await.expect(1);
+    assert!(r.stderr.contains("HTTP 403") && !r.stderr.contains(&foreign), "{}", r.stderr);
+    // clap's help must not print a token taken from the environment.
+    let out = with_env("CAIRN_TOKEN", &app.token).arg("--help").output().await.unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&app.token), "--help shows the token");
 }

@@ -34,6 +34,7 @@ macro_rules! sql_migration {
 
 mod m20261125_000001_initial;
 mod m20261125_000002_retries_and_verify;
+mod m20261126_000003_auth_tokens;
 
 /// Applies cairn's migrations in order.
 pub struct Migrator;
@@ -41,6 +42,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_initial::Migration), Box::new(m20261125_000002_retries_and_verify::Migration)]
+        vec![
+            Box::new(m20261125_000001_initial::Migration),
+            Box::new(m20261125_000002_retries_and_verify::Migration),
+            Box::new(m20261126_000003_auth_tokens::Migration),
+        ]
     }
 }

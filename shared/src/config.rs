@@ -5,7 +5,7 @@
 //! directly instead of mutating the process environment, which is what lets
 //! them run in parallel in one process.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 
@@ -51,6 +51,50 @@ pub struct Config {
     /// Name of this process in leases and logs (`CAIRN_WORKER_ID`, default
     /// `<hostname>-<pid>`).
     pub worker_id: String,
+    /// Whether the API asks for a token (`CAIRN_AUTH`: `token`, the
+    /// default, or `none` for local development, which the API refuses to
+    /// serve on anything but a loopback address).
+    pub auth: AuthMode,
+    /// Most backups a project may hold (`CAIRN_QUOTA_BACKUPS`, default 50 as
+    /// in Trove; `unlimited` for no limit). A backup counts until its
+    /// delete is accepted.
+    pub quota_backups: Option<u64>,
+    /// Most bytes a project's backups may store (`CAIRN_QUOTA_BYTES`: a
+    /// number of bytes, or with a K/M/G/T suffix in powers of 1024; default
+    /// unlimited). A new backup is refused once the stored bytes reach it.
+    pub quota_bytes: Option<u64>,
+}
+
+/// How the API authenticates requests (`CAIRN_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Every request carries `X-Auth-Token`, checked against `auth_tokens`.
+    #[default]
+    Token,
+    /// No authentication: anyone who reaches the port is an admin. Only for
+    /// a loopback listen address.
+    None,
+}
+
+impl FromStr for AuthMode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "token" => Ok(Self::Token),
+            "none" => Ok(Self::None),
+            other => bail!("CAIRN_AUTH={other:?} must be `token` or `none`"),
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Token => "token",
+            Self::None => "none",
+        })
+    }
 }
 
 impl Config {
@@ -100,7 +144,25 @@ impl Config {
             ),
             None => None,
         };
+        let auth = var("CAIRN_AUTH").map_or(Ok(AuthMode::Token), |a| a.parse())?;
+        let quota_backups = match var("CAIRN_QUOTA_BACKUPS").as_deref() {
+            None => Some(50),
+            Some("unlimited") => None,
+            Some(n) => Some(
+                n.parse()
+                    .with_context(|| format!("CAIRN_QUOTA_BACKUPS={n:?} is not a whole number (or `unlimited`)"))?,
+            ),
+        };
+        let quota_bytes = match var("CAIRN_QUOTA_BYTES").as_deref() {
+            None | Some("unlimited") => None,
+            Some(v) => Some(parse_bytes(v).with_context(|| {
+                format!("CAIRN_QUOTA_BYTES={v:?} is not a number of bytes like 1048576 or 500G (or `unlimited`)")
+            })?),
+        };
         let config = Self {
+            auth,
+            quota_backups,
+            quota_bytes,
             database_url: var("CAIRN_DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/cairn".into()),
             amqp_url: var("CAIRN_AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
@@ -137,6 +199,20 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses `CAIRN_AUTH=none` on an address other hosts can reach: the
+    /// API would hand every project to anyone on the network. Called by the
+    /// API before it binds (workers do not listen, so they do not care).
+    pub fn check_auth_exposure(&self) -> anyhow::Result<()> {
+        if self.auth == AuthMode::None && !self.listen.ip().is_loopback() {
+            bail!(
+                "CAIRN_AUTH=none is refused with CAIRN_LISTEN={}: without authentication the API may only listen \
+                 on a loopback address (127.0.0.1 or ::1); use CAIRN_AUTH=token and `cairn-api token create`",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+
     /// Where a worker stages packs before upload and restores before the
     /// final rename.
     pub fn staging_dir(&self) -> PathBuf {
@@ -149,6 +225,19 @@ impl Config {
     }
 }
 
+/// `1048576`, `512K`, `100M`, `500G`, `2T` (powers of 1024).
+fn parse_bytes(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, shift) = match v.char_indices().last()? {
+        (i, 'K' | 'k') => (&v[..i], 10),
+        (i, 'M' | 'm') => (&v[..i], 20),
+        (i, 'G' | 'g') => (&v[..i], 30),
+        (i, 'T' | 't') => (&v[..i], 40),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
 fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
 }
@@ -156,4 +245,27 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("512K"), Some(512 << 10));
+        assert_eq!(parse_bytes("2g"), Some(2 << 30));
+        assert_eq!(parse_bytes("1T"), Some(1 << 40));
+        assert_eq!(parse_bytes("G"), None);
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes("99999999999T"), None);
+    }
+
+    #[test]
+    fn auth_modes_parse() {
+        assert_eq!("token".parse::<AuthMode>().unwrap(), AuthMode::Token);
+        assert_eq!("none".parse::<AuthMode>().unwrap(), AuthMode::None);
+        assert!("off".parse::<AuthMode>().is_err());
+    }
 }

@@ -5,6 +5,11 @@
 //! directory — with the real API router on port 0 and real workers, so tests
 //! run in parallel and never see each other.
 //!
+//! Every app has a token for its project ([`TestApp::token`]), which
+//! [`TestApp::client`] sends with every request, so tests speak to the API
+//! as a project's user would; [`TestApp::anonymous`] sends none, and
+//! [`TestApp::token_for`] makes tokens of other projects (or admin ones).
+//!
 //! `spawn_app_with()`: the same on other servers, e.g. a [`PrivatePostgres`]
 //! and a [`PrivateRabbit`] that a fault-injection test may stop and restart
 //! without disturbing the tests on the shared servers.
@@ -22,7 +27,7 @@ pub mod trees;
 
 pub use servers::{PrivatePostgres, PrivateRabbit};
 
-use cairn_shared::{Config, queue::Topology};
+use cairn_shared::{Config, config::AuthMode, queue::Topology};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Value, json};
@@ -36,6 +41,9 @@ const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub struct TestApp {
     pub base: String,
     pub project: String,
+    /// A token of `project` (`cairn-<id>-<secret>`).
+    pub token: String,
+    /// Sends `token` in `X-Auth-Token` with every request.
     pub client: reqwest::Client,
     pub db: DatabaseConnection,
     pub config: Config,
@@ -69,6 +77,10 @@ pub struct AppOptions {
     pub shutdown_grace: Option<Duration>,
     /// Backups read at most this many MiB/s (`CAIRN_BACKUP_READ_LIMIT`).
     pub backup_read_limit_mib: Option<u64>,
+    /// Most backups per project. Default: 50, Trove's and cairn's default.
+    pub quota_backups: Option<u64>,
+    /// Most stored bytes per project. Default: unlimited.
+    pub quota_bytes: Option<u64>,
 }
 
 impl AppOptions {
@@ -104,6 +116,18 @@ impl AppOptions {
         self.backup_read_limit_mib = Some(mib);
         self
     }
+
+    /// A project may hold at most `backups` backups.
+    pub fn quota_backups(mut self, backups: u64) -> Self {
+        self.quota_backups = Some(backups);
+        self
+    }
+
+    /// A project's backups may store at most `bytes` bytes.
+    pub fn quota_bytes(mut self, bytes: u64) -> Self {
+        self.quota_bytes = Some(bytes);
+        self
+    }
 }
 
 /// Starts an API and `workers` in-process workers on the shared servers.
@@ -133,14 +157,20 @@ pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
         backup_read_limit: options.backup_read_limit_mib.map(|mib| mib << 20),
         worker_id: "test-api".into(),
         data_dir: dir,
+        auth: AuthMode::Token,
+        quota_backups: Some(options.quota_backups.unwrap_or(50)),
+        quota_bytes: options.quota_bytes,
     };
     let shutdown = CancellationToken::new();
     let api = cairn_api::Application::start(&config, shutdown.clone()).await.expect("API starts");
     let db = cairn_shared::db::connect(&config.database_url).await.unwrap();
+    let project = format!("p{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let (_, token) = cairn_api::tokens::create(&db, &project, false, Some("spawn_app")).await.expect("token");
     let mut app = TestApp {
         base: format!("http://{}/v1.0", api.addr),
-        project: format!("p{}", &Uuid::new_v4().simple().to_string()[..12]),
-        client: reqwest::Client::new(),
+        project,
+        client: client_with_token(&token),
+        token,
         db,
         config,
         _data: data,
@@ -157,7 +187,26 @@ pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
     app
 }
 
+/// A client that sends `token` in `X-Auth-Token` with every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(token).expect("a token is a header value");
+    value.set_sensitive(true);
+    headers.insert("x-auth-token", value);
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
 impl TestApp {
+    /// Creates a token of `project` (an admin one if `admin`).
+    pub async fn token_for(&self, project: &str, admin: bool) -> String {
+        cairn_api::tokens::create(&self.db, project, admin, Some("test")).await.expect("token").1
+    }
+
+    /// A client that sends no token.
+    pub fn anonymous(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
     /// Starts one more in-process worker.
     pub async fn start_worker(&mut self) {
         let mut config = self.config.clone();

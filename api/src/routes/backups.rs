@@ -1,7 +1,7 @@
 //! `/backups`: create (enqueue), list, show, delete.
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, Query, State},
     http::StatusCode,
 };
@@ -22,9 +22,10 @@ use uuid::Uuid;
 use super::{BaseUrl, Project, parse_id, valid_description, valid_name};
 use crate::{
     AppState,
+    auth::{self, Access},
     error::{ApiError, ApiResult},
     extract::JsonBody,
-    views,
+    quota, views,
 };
 
 /// `POST /backups` body.
@@ -86,6 +87,7 @@ async fn find_backup<C: ConnectionTrait>(db: &C, project: &str, id: Uuid) -> Api
 #[utoipa::path(post, path = "/backups", tag = "backups", params(("project_id" = String, Path, description = "The project (tenant)")), request_body = CreateBody,
     responses((status = 202, description = "Accepted: the backup, status NEW"), (status = 400, description = "badRequest"),
         (status = 404, description = "itemNotFound: no such instance"),
+        (status = 413, description = "overLimit: the project's backup or byte quota is used up, or the body is too large"),
         (status = 422, description = "unprocessableEntity: parent or instance state breaks a rule")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -137,6 +139,7 @@ pub async fn create(
         }
         None if incremental => {
             backup::Entity::find()
+                .filter(backup::Column::ProjectId.eq(&project))
                 .filter(backup::Column::InstanceId.eq(instance_id))
                 .filter(backup::Column::Status.eq(BackupStatus::Completed.as_str()))
                 .order_by_desc(backup::Column::Created)
@@ -146,6 +149,9 @@ pub async fn create(
         }
         None => None,
     };
+    // Last, so that a request that is wrong anyway is told why; under a
+    // lock held until commit, so racing submissions cannot both pass.
+    quota::admit_backup(&txn, state.quotas, &project).await?;
 
     let now = Utc::now();
     let row = backup::ActiveModel {
@@ -191,14 +197,17 @@ pub struct ListQuery {
     datastore: Option<String>,
     limit: Option<String>,
     marker: Option<String>,
+    /// `1`: every project's backups (admin tokens only).
+    all_projects: Option<String>,
 }
 
 const DEFAULT_LIMIT: u64 = 20;
 const MAX_LIMIT: u64 = 1000;
 
+/// One page of backups of `project`, or of every project when `None`.
 async fn list_page(
     state: &AppState,
-    project: &str,
+    project: Option<&str>,
     base: &str,
     path: &str,
     instance: Option<Uuid>,
@@ -212,7 +221,10 @@ async fn list_page(
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}")))?,
     };
-    let mut query = backup::Entity::find().filter(backup::Column::ProjectId.eq(project));
+    let mut query = backup::Entity::find();
+    if let Some(project) = project {
+        query = query.filter(backup::Column::ProjectId.eq(project));
+    }
     if let Some(id) = instance {
         query = query.filter(backup::Column::InstanceId.eq(id));
     }
@@ -221,9 +233,10 @@ async fn list_page(
     }
     if let Some(raw) = q.marker.as_deref().filter(|m| !m.is_empty()) {
         let marker = raw.parse::<Uuid>().ok();
-        let marker = match marker {
-            Some(id) => find_backup(&state.db, project, id).await.ok(),
-            None => None,
+        let marker = match (marker, project) {
+            (Some(id), Some(project)) => find_backup(&state.db, project, id).await.ok(),
+            (Some(id), None) => backup::Entity::find_by_id(id).one(&state.db).await?,
+            (None, _) => None,
         }
         .ok_or_else(|| ApiError::BadRequest(format!("marker {raw} is not a backup of this project")))?;
         query = query.filter(Condition::any().add(backup::Column::Created.lt(marker.created)).add(
@@ -247,26 +260,44 @@ async fn list_page(
         if let (Some(id), "/backups") = (instance, path) {
             href.push_str(&format!("&instance_id={id}"));
         }
+        if project.is_none() {
+            href.push_str("&all_projects=1");
+        }
         body["links"] = json!([{ "rel": "next", "href": href }]);
     }
     Ok(Json(body))
 }
 
-/// Lists the project's backups, newest first.
+/// Lists the project's backups, newest first; with `all_projects=1` (admin
+/// tokens only), every project's.
 #[utoipa::path(get, path = "/backups", tag = "backups", params(("project_id" = String, Path, description = "The project (tenant)"), ListQuery),
     responses((status = 200, description = "`backups`, and `links` with `rel: next` while more remain"),
         (status = 400, description = "badRequest: bad limit or marker")))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Project(project): Project,
     BaseUrl(base): BaseUrl,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
+    let scope = if auth::all_projects(q.all_projects.as_deref(), &access)? { None } else { Some(project.as_str()) };
     let instance = match q.instance_id.as_deref().filter(|i| !i.is_empty()) {
-        Some(raw) => Some(find_instance(&state.db, &project, parse_id("Instance", raw)?).await?.id),
+        Some(raw) => {
+            let id = parse_id("Instance", raw)?;
+            match scope {
+                Some(project) => Some(find_instance(&state.db, project, id).await?.id),
+                None => Some(
+                    instance::Entity::find_by_id(id)
+                        .one(&state.db)
+                        .await?
+                        .ok_or_else(|| ApiError::NotFound(format!("Instance {id} could not be found")))?
+                        .id,
+                ),
+            }
+        }
         None => None,
     };
-    list_page(&state, &project, &base, "/backups", instance, &q).await
+    list_page(&state, scope, &base, "/backups", instance, &q).await
 }
 
 /// Lists one instance's backups, newest first.
@@ -282,7 +313,7 @@ pub async fn list_of_instance(
 ) -> ApiResult<Json<Value>> {
     let inst = find_instance(&state.db, &project, parse_id("Instance", &instance_id)?).await?;
     let path = format!("/instances/{}/backups", inst.id);
-    list_page(&state, &project, &base, &path, Some(inst.id), &q).await
+    list_page(&state, Some(&project), &base, &path, Some(inst.id), &q).await
 }
 
 /// Shows a backup, with `progress` while it runs.

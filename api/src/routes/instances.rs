@@ -2,8 +2,8 @@
 //! list, show, delete.
 
 use axum::{
-    Json,
-    extract::{Path, State},
+    Extension, Json,
+    extract::{Path, Query, State},
     http::StatusCode,
 };
 use cairn_shared::{
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::{BaseUrl, Project, backups::find_instance, parse_id, valid_name};
 use crate::{
     AppState,
+    auth::{self, Access},
     error::{ApiError, ApiResult},
     extract::JsonBody,
     views,
@@ -239,21 +240,35 @@ async fn restore(
     Ok(row)
 }
 
-/// Lists the project's instances.
-#[utoipa::path(get, path = "/instances", tag = "instances", params(("project_id" = String, Path, description = "The project (tenant)")),
+/// `GET /instances` options.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `1`: every project's instances (admin tokens only).
+    all_projects: Option<String>,
+}
+
+/// Lists the project's instances; with `all_projects=1` (admin tokens
+/// only), every project's, each linked under its own project.
+#[utoipa::path(get, path = "/instances", tag = "instances", params(("project_id" = String, Path, description = "The project (tenant)"), ListQuery),
     responses((status = 200, description = "`instances`")))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Project(project): Project,
     BaseUrl(base): BaseUrl,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let rows = instance::Entity::find()
-        .filter(instance::Column::ProjectId.eq(project))
-        .filter(instance::Column::Deleted.eq(false))
-        .order_by_desc(instance::Column::Created)
-        .all(&state.db)
-        .await?;
-    Ok(Json(json!({ "instances": rows.iter().map(|i| views::instance(i, &base)).collect::<Vec<_>>() })))
+    let every_project = auth::all_projects(q.all_projects.as_deref(), &access)?;
+    let mut query = instance::Entity::find().filter(instance::Column::Deleted.eq(false));
+    if !every_project {
+        query = query.filter(instance::Column::ProjectId.eq(&project));
+    }
+    let rows = query.order_by_desc(instance::Column::Created).all(&state.db).await?;
+    // `base` ends in the path's project; each instance links under its own.
+    let root = base.strip_suffix(project.as_str()).unwrap_or(&base);
+    let instances: Vec<Value> = rows.iter().map(|i| views::instance(i, &format!("{root}{}", i.project_id))).collect();
+    Ok(Json(json!({ "instances": instances })))
 }
 
 /// Shows an instance, with `restore` step k of N while it is restored.

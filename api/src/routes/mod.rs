@@ -33,6 +33,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .nest("/v1.0/{project_id}", project)
         .routes(routes!(catalog::versions))
         .split_for_parts();
+    document_authentication(&mut doc);
     doc.paths.paths.insert(
         "/openapi.json".into(),
         utoipa::openapi::PathItem::new(
@@ -47,6 +48,34 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .route("/openapi.json", get(move || async move { axum::Json(served) }))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) });
     (router, doc)
+}
+
+/// Adds the `X-Auth-Token` scheme to the document, and to every project
+/// route its requirement and its 401/403 answers (see [`crate::auth`]).
+fn document_authentication(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        Response,
+        security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme},
+    };
+    doc.components.get_or_insert_with(Default::default).add_security_scheme(
+        "token",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            crate::auth::TOKEN_HEADER_NAME,
+            "A token from `cairn-api token create`, as `cairn-<id>-<secret>`",
+        ))),
+    );
+    for (_, item) in doc.paths.paths.iter_mut().filter(|(path, _)| path.starts_with("/v1.0/")) {
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            op.security = Some(vec![SecurityRequirement::new::<_, _, String>("token", [])]);
+            let responses = &mut op.responses.responses;
+            responses.insert(
+                "401".into(),
+                Response::new("unauthorized: no token, or a malformed, unknown, wrong or revoked one").into(),
+            );
+            responses.insert("403".into(), Response::new("forbidden: the token is not for this project").into());
+        }
+    }
 }
 
 #[derive(utoipa::OpenApi)]

@@ -1,6 +1,9 @@
 //! The real OpenStack client (`openstack database ...`, python-troveclient)
 //! works against cairn unchanged, with no Keystone: every command of the
 //! Trove guide, names or ids, paging, and a restore that is byte-identical.
+//! It authenticates as Keystone-less deployments do, with the
+//! `admin_token` plugin (`OS_AUTH_TYPE=admin_token`, `OS_TOKEN`), which
+//! sends the token in X-Auth-Token.
 
 use std::{path::Path, process::Command};
 
@@ -18,6 +21,7 @@ fn openstack() -> String {
 struct Client {
     bin: String,
     endpoint: String,
+    token: String,
 }
 
 impl Client {
@@ -29,8 +33,9 @@ impl Client {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .env("OS_AUTH_TYPE", "none")
+            .env("OS_AUTH_TYPE", "admin_token")
             .env("OS_ENDPOINT", &self.endpoint)
+            .env("OS_TOKEN", &self.token)
             .output()
             .unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -52,7 +57,7 @@ impl Client {
 async fn openstack_database_commands_work_unchanged() {
     let bin = tokio::task::spawn_blocking(openstack).await.unwrap();
     let app = spawn_app(2).await;
-    let client = Client { bin, endpoint: format!("{}/{}", app.base, app.project) };
+    let client = Client { bin, endpoint: format!("{}/{}", app.base, app.project), token: app.token.clone() };
     let source = app.volumes().join("guest1");
     std::fs::create_dir_all(&source).unwrap();
     seed(&source, 5);

@@ -16,9 +16,11 @@ async fn instance_with_data(app: &TestApp, name: &str) -> String {
     app.register(name, &dir).await
 }
 
-/// POSTs `body` to `path` in a second project of the same deployment.
+/// POSTs `body` to `path` in a second project of the same deployment, with
+/// that project's own token.
 async fn post_in_other_project(app: &TestApp, path: &str, body: &serde_json::Value) -> (StatusCode, serde_json::Value) {
-    let resp = app.client.post(app.url_for("other-project", path)).json(body).send().await.unwrap();
+    let client = cairn_testkit::client_with_token(&app.token_for("other-project", false).await);
+    let resp = client.post(app.url_for("other-project", path)).json(body).send().await.unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
