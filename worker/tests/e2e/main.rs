@@ -1,6 +1,7 @@
 //! End-to-end tests: HTTP in, RabbitMQ, real workers, PostgreSQL and storage.
 //! One test binary (one link step) with a module per concern.
 
+mod auth;
 mod bad_input;
 mod faults;
 mod openapi;
