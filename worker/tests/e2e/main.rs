@@ -6,6 +6,7 @@ mod bad_input;
 mod faults;
 mod openapi;
 mod openstack_client;
+mod quotas;
 mod rules;
 mod scale_out;
 mod walkthrough;
