@@ -43,6 +43,22 @@ async fn token_commands_create_list_and_revoke() {
     assert!(list.contains(&id) && list.contains("ci"), "{list}");
     assert!(!list.contains(secret), "token list shows a secret: {list}");
 
+    // The database holds the secret's BLAKE3 hash, not the secret.
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        &app.db,
+        sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT string_agg(t::text, ',') AS s FROM auth_tokens t WHERE id = $1",
+            vec![uuid::Uuid::parse_str(&id).unwrap().into()],
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stored: String = row.try_get("", "s").unwrap();
+    assert!(!stored.contains(secret), "the secret is stored: {stored}");
+    assert!(stored.contains(blake3::hash(secret.as_bytes()).to_hex().as_str()), "{stored}");
+
     let (code, _, stderr) = run(&app, &["token", "revoke", &id]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(client.get(app.url("/backups")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
