@@ -62,7 +62,10 @@ pub enum BackupClaim {
 }
 
 /// Claims backup `id` for `worker`: `NEW` → `BUILDING`, or takes over a
-/// `BUILDING` backup whose lease has expired (its worker died).
+/// `BUILDING` or `SAVING` backup whose lease has expired (its worker died).
+/// A takeover keeps the status it finds: the new attempt starts over under
+/// its own prefix, but a status seen by a client never moves backwards
+/// (a `SAVING` backup stays `SAVING` until it is `COMPLETED`).
 pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     id: Uuid,
@@ -71,7 +74,8 @@ pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
 ) -> Result<BackupClaim, DbErr> {
     let claim = stmt(
         r#"UPDATE backups b
-              SET status = 'BUILDING', lease_owner = $2,
+              SET status = CASE WHEN b.status = 'NEW' THEN 'BUILDING' ELSE b.status END,
+                  lease_owner = $2,
                   lease_expires = now() + make_interval(secs => $3),
                   attempts = attempts + 1, fail_reason = NULL, updated = now()
             WHERE b.id = $1
