@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod faults;
+mod hostile;
 mod openapi;
 mod openstack_client;
 mod rules;
