@@ -2,6 +2,7 @@
 //! One test binary (one link step) with a module per concern.
 
 mod bad_input;
+mod encryption;
 mod faults;
 mod hostile;
 mod openapi;
