@@ -64,15 +64,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         written += 2;
         written += pack_seeds(&out.join("pack_decode"), name, link)?;
     }
-    // restore_plan: one link, its manifest then its (single) pack.
+    // restore_plan: one link, its manifest (stored, or as its body with
+    // the flags' bit 7) then its (single) pack.
     let pack = fs::read(&full.packs[0].path)?;
-    let mut seed = vec![0u8];
-    let len = full.manifest_bytes.len();
-    seed.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8]);
-    seed.extend_from_slice(&full.manifest_bytes);
-    seed.extend_from_slice(&pack);
-    fs::write(out.join("restore_plan").join("full"), &seed)?;
-    written += 1;
+    let body = zstd::decode_all(&full.manifest_bytes[12..])?;
+    for (name, flags, manifest) in [("full", 0u8, &full.manifest_bytes), ("full-body", 0x80, &body)] {
+        let mut seed = vec![flags];
+        let len = manifest.len();
+        seed.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8]);
+        seed.extend_from_slice(manifest);
+        seed.extend_from_slice(&pack);
+        fs::write(out.join("restore_plan").join(name), &seed)?;
+        written += 1;
+    }
     println!("wrote {written} seeds under {}", out.display());
     Ok(())
 }

@@ -3,9 +3,12 @@
 //! empty directory must either succeed or fail with an error, and never
 //! write outside that directory.
 //!
-//! Input layout: a byte with the number of manifests (1..=3), then each
-//! manifest as a 3-byte little-endian length and its bytes, then the pack
-//! bytes that every pack of every link reads from.
+//! Input layout: a flags byte (low bits: number of manifests, 1..=3; bit 7:
+//! the manifests are given as decompressed bodies, wrapped into valid zstd
+//! frames here so that mutations reach the parser and the restore rather
+//! than the frame checksum), then each manifest as a 3-byte little-endian
+//! length and its bytes, then the pack bytes every pack of every link
+//! reads from.
 #![no_main]
 
 use std::io;
@@ -24,6 +27,15 @@ impl PackSource for Blob<'_> {
     }
 }
 
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut framed = b"CAIRNMAN".to_vec();
+    framed.extend_from_slice(&cairn_delta::FORMAT_VERSION.to_le_bytes());
+    let mut enc = zstd::stream::write::Encoder::new(framed, 1).expect("encoder");
+    enc.include_checksum(true).expect("checksum flag");
+    std::io::Write::write_all(&mut enc, body).expect("in memory");
+    enc.finish().expect("in memory")
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&count, mut rest)) = data.split_first() else { return };
     let mut links = Vec::new();
@@ -33,6 +45,13 @@ fuzz_target!(|data: &[u8]| {
         }
         let len = usize::from(rest[0]) | usize::from(rest[1]) << 8 | usize::from(rest[2]) << 16;
         let Some(bytes) = rest.get(3..3 + len) else { return };
+        let framed;
+        let bytes = if count & 0x80 != 0 {
+            framed = frame(bytes);
+            &framed[..]
+        } else {
+            bytes
+        };
         let Ok(link) = ChainLink::from_bytes(bytes) else { return };
         links.push(link);
         rest = &rest[3 + len..];
