@@ -10,7 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use cairn_delta::{EntryKind, Manifest, checksum, decode_manifest, encode_manifest};
+use cairn_delta::{
+    BlockRun, Compression, EntryKind, FileContent, FileEntry, Manifest, PackRef, block_hash, checksum, decode_manifest,
+    encode_manifest,
+};
 use cairn_testkit::{EntryState, TestApp, snapshot, spawn_app};
 use sea_orm::ConnectionTrait;
 
@@ -105,4 +108,58 @@ async fn crafted_artifacts_fail_the_restore_and_write_nothing_outside() {
     replace_manifest(&app, id, &original).await;
     let ok = app.restore("r6", id).await;
     assert_eq!(ok["status"], "ACTIVE", "{ok}");
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_in_a_stored_pack_fails_the_restore() {
+    let app = spawn_app(1).await;
+    let dir = app.volumes().join("g");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), b"alpha").unwrap();
+    let outside = app.config.data_dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let inst = app.register("g", &dir).await;
+    let full = app.backup_completed(&inst, "full", None).await;
+    let id = full["id"].as_str().unwrap();
+    let attempt = app.config.data_dir.join(format!("artifacts/backups/{id}/1"));
+    let mut m = decode_manifest(&std::fs::read(attempt.join("manifest")).unwrap()).unwrap();
+
+    // The pack becomes one small zstd frame expanding to 512 MiB of zeros;
+    // the manifest describes it as one 16 KiB block of zeros.
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..512 {
+        std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+    }
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    std::fs::write(attempt.join("pack-00000"), &bomb).unwrap();
+    let bs = m.header.block_size as usize;
+    m.header.packs = vec![PackRef { name: "pack-00000".into(), size: bomb.len() as u64, blake3: checksum(&bomb) }];
+    let e = m.entries.iter_mut().find(|e| e.path == "a.txt").unwrap();
+    e.kind = EntryKind::File(FileEntry {
+        size: bs as u64,
+        inode: 1,
+        ctime: Default::default(),
+        blake3: [0; 32], // never reached: the block is refused first
+        block_hashes: vec![block_hash(&zeros[..bs])],
+        content: FileContent::Stored(vec![BlockRun {
+            first_block: 0,
+            count: 1,
+            pack: 0,
+            offset: 0,
+            stored_len: bomb.len() as u64,
+            raw_len: bs as u64,
+            compression: Compression::Zstd,
+        }]),
+    });
+    replace_manifest(&app, id, &m).await;
+    refused(
+        &app,
+        "r",
+        id,
+        &outside,
+        &format!("backup {id}, pack pack-00000, offset 0: cannot decompress (a frame larger than the {bs} bytes recorded is refused)"),
+    )
+    .await;
 }
