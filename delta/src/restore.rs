@@ -406,7 +406,7 @@ impl<'a> Tree<'a> {
     }
 
     fn open_file(&mut self, rel: &str, options: &OpenOptions, op: &'static str) -> Result<File, DeltaError> {
-        let path = self.target.join(rel.trim_start_matches('.'));
+        let path = if rel == "." { self.target.to_path_buf() } else { self.target.join(rel) };
         let (dir, name) = self.parent_of(rel)?;
         Ok(dir
             .open_with(name, options.clone().follow(FollowSymlinks::No))
