@@ -11,7 +11,9 @@
 //!
 //! Decoding treats the bytes as hostile: no length field is trusted for an
 //! allocation (vectors grow as data actually arrives, strings are capped),
-//! the decompressed size is capped, arithmetic is checked, and the result is
+//! the decompressed size is capped while it is decompressed, the memory the
+//! decoded manifest takes is accounted before it is kept ([`DecodeLimits`]),
+//! arithmetic is checked, and the result is
 //! validated as a whole (paths, ordering, references, run geometry) so the
 //! restore code can rely on those invariants.
 

@@ -26,8 +26,9 @@
 //!   run size and the manifests, never by file sizes; the async service runs
 //!   this on a blocking thread and does the object-store I/O itself.
 //! - **Hostile input.** Manifests and packs come back from storage; decoding
-//!   validates everything, a restore writes only below its target and never
-//!   follows a symlink while creating entries.
+//!   is bounded and validates everything (refusals name the entry:
+//!   [`DeltaError::UnsafeEntry`]), and a restore writes only through
+//!   capability handles on its target (cap-std) that never follow a symlink.
 
 mod backup;
 mod chain;
