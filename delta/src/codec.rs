@@ -11,7 +11,9 @@
 //!
 //! Decoding treats the bytes as hostile: no length field is trusted for an
 //! allocation (vectors grow as data actually arrives, strings are capped),
-//! the decompressed size is capped, arithmetic is checked, and the result is
+//! the decompressed size is capped while it is decompressed, the memory the
+//! decoded manifest takes is accounted before it is kept ([`DecodeLimits`]),
+//! arithmetic is checked, and the result is
 //! validated as a whole (paths, ordering, references, run geometry) so the
 //! restore code can rely on those invariants.
 
@@ -30,6 +32,26 @@ const MANIFEST_ZSTD_LEVEL: i32 = 3;
 
 /// Decompressed manifests larger than this are refused (about 128 Mi blocks).
 pub const MAX_MANIFEST_DECODED: u64 = 2 << 30;
+/// Memory a decoded manifest may take (entries, paths, block hashes, runs,
+/// as accounted while parsing). A 10 GiB tree at 16 KiB blocks needs about
+/// 25 MiB; a manifest that would need more is refused before allocating it.
+pub const MAX_MANIFEST_MEMORY: u64 = 1 << 30;
+
+/// Bounds applied while decoding a manifest (untrusted input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest decompressed body; a zstd frame that expands further is a
+    /// decompression bomb and is refused as soon as it passes the limit.
+    pub max_decoded: u64,
+    /// Largest memory the decoded manifest may take.
+    pub max_memory: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_decoded: MAX_MANIFEST_DECODED, max_memory: MAX_MANIFEST_MEMORY }
+    }
+}
 /// Longest path / symlink target / name accepted in a manifest.
 pub const MAX_STRING: usize = 4096;
 /// Largest decoded size of one stored (non-zero) run; bounds restore memory.
@@ -140,6 +162,11 @@ fn zstd_compress(data: &[u8]) -> Vec<u8> {
 
 /// Decode and validate manifest bytes (untrusted input).
 pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, DeltaError> {
+    decode_manifest_with_limits(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_manifest`] with explicit bounds (tests use small ones).
+pub fn decode_manifest_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<Manifest, DeltaError> {
     if bytes.len() < PREFIX_LEN {
         return Err(DeltaError::corrupt(format!("{} bytes is too short for a manifest", bytes.len())));
     }
@@ -166,7 +193,8 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, DeltaError> {
         .single_frame();
     // Bound decoder memory even if the frame header asks for a huge window.
     dec.window_log_max(27).map_err(|e| DeltaError::corrupt(format!("zstd: {e}")))?;
-    let mut r = Reader { inner: BufReader::with_capacity(64 << 10, dec.take(MAX_MANIFEST_DECODED)) };
+    let body = LimitedRead { inner: dec, left: limits.max_decoded };
+    let mut r = Reader { inner: BufReader::with_capacity(64 << 10, body), budget: limits.max_memory };
     let m = parse_body(&mut r, version)?;
     // Reading past the end verifies the zstd checksum and rejects extra bytes.
     let mut extra = [0u8; 1];
@@ -191,11 +219,10 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
     let npacks = r.var("pack count")?;
     let mut packs = Vec::with_capacity(npacks.min(1024) as usize);
     for _ in 0..npacks {
-        packs.push(PackRef {
-            name: r.string("pack name")?,
-            size: r.var("pack size")?,
-            blake3: r.string("pack checksum")?,
-        });
+        let pack =
+            PackRef { name: r.string("pack name")?, size: r.var("pack size")?, blake3: r.string("pack checksum")? };
+        r.charge(size_of::<PackRef>() + pack.name.len() + pack.blake3.len(), "pack list")?;
+        packs.push(pack);
     }
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two() {
         return Err(DeltaError::corrupt(format!(
@@ -231,6 +258,12 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
                 return Err(DeltaError::corrupt(format!("{path:?}: unknown entry kind {k}")));
             }
         };
+        let extra = match &kind {
+            EntryKind::Symlink { target } => target.len(),
+            EntryKind::HardLink { to } => to.len(),
+            _ => 0,
+        };
+        r.charge(size_of::<Entry>() + path.len() + extra, "entries")?;
         entries.push(Entry { path, kind, mode, mtime, uid, gid });
     }
     Ok(Manifest {
@@ -251,9 +284,11 @@ fn parse_file<R: Read>(r: &mut Reader<R>, block_size: u32, path: &str) -> Result
     let nblocks = block_count(size, block_size);
     // Grow with the data actually present, never by the claimed size.
     let mut block_hashes = Vec::with_capacity(nblocks.min(1 << 16) as usize);
+    let what = format!("block hashes of {path:?} ({nblocks} blocks for {size} bytes)");
     for _ in 0..nblocks {
+        r.charge(size_of::<BlockHash>(), &what)?;
         let mut h = [0u8; 16];
-        r.exact(&mut h, "block hashes")?;
+        r.exact(&mut h, &what)?;
         block_hashes.push(h);
     }
     let content = match r.u8("content tag")? {
@@ -286,6 +321,7 @@ fn parse_file<R: Read>(r: &mut Reader<R>, block_size: u32, path: &str) -> Result
                     }
                 };
                 let raw_len = r.var("run raw length")?;
+                r.charge(size_of::<BlockRun>(), "block runs")?;
                 runs.push(BlockRun { first_block, count, pack, offset, stored_len, raw_len, compression });
             }
             FileContent::Stored(runs)
@@ -334,21 +370,30 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
     let bs = u64::from(h.block_size);
     let mut dirs: HashSet<&str> = HashSet::new();
     for (i, e) in m.entries.iter().enumerate() {
+        let refuse = |reason: String| Err(DeltaError::unsafe_entry(&e.path, reason));
         if e.mode > 0o7777 {
-            return bad(format!("{:?}: mode {:o} out of range", e.path, e.mode));
+            return refuse(format!("mode {:o} out of range", e.mode));
         }
         if e.mtime.nsec >= 1_000_000_000 {
-            return bad(format!("{:?}: mtime nanoseconds out of range", e.path));
+            return refuse("mtime nanoseconds out of range".into());
+        }
+        if e.uid == u32::MAX || e.gid == u32::MAX {
+            return refuse("owner or group -1 (\"leave unchanged\") is not an id".into());
         }
         if i > 0 {
-            let prev = &m.entries[i - 1].path;
-            if e.path.as_str() <= prev.as_str() {
-                return bad(format!("entries not sorted or duplicated: {:?} after {:?}", e.path, prev));
-            }
             check_rel_path(&e.path)?;
+            let prev = &m.entries[i - 1].path;
+            if e.path == *prev {
+                return refuse("duplicate name".into());
+            }
+            if e.path.as_str() < prev.as_str() {
+                return refuse(format!("out of order after {prev:?} (entries are sorted, parents first)"));
+            }
             let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
             if !dirs.contains(parent) {
-                return bad(format!("{:?}: parent {:?} is not a directory entry", e.path, parent));
+                return refuse(format!(
+                    "parent {parent:?} is not a directory declared before it (a symlink or file cannot hold entries)"
+                ));
             }
         }
         match &e.kind {
@@ -357,7 +402,7 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
             }
             EntryKind::Symlink { target } => {
                 if target.is_empty() || target.len() > MAX_STRING || target.contains('\0') {
-                    return bad(format!("{:?}: invalid symlink target", e.path));
+                    return refuse("symlink target is empty, too long or contains NUL".into());
                 }
             }
             EntryKind::HardLink { to } => {
@@ -366,7 +411,7 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
                     .ok()
                     .is_some_and(|j| matches!(m.entries[j].kind, EntryKind::File(_)));
                 if !ok {
-                    return bad(format!("{:?}: hard link to {to:?}, which is not an earlier file entry", e.path));
+                    return refuse(format!("hard link to {to:?}, which is not an earlier file entry"));
                 }
             }
             EntryKind::File(f) => validate_file(m, &e.path, f, bs)?,
@@ -377,7 +422,7 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
 
 fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(), DeltaError> {
     let h = &m.header;
-    let bad = |msg: String| Err(DeltaError::corrupt(format!("{path:?}: {msg}")));
+    let bad = |msg: String| Err(DeltaError::unsafe_entry(path, msg));
     if f.size > MAX_FILE_SIZE {
         return bad(format!("size {} out of range", f.size));
     }
@@ -458,20 +503,21 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
 
 /// A manifest path: relative, `/`-separated, no empty, `.` or `..` component.
 pub(crate) fn check_rel_path(path: &str) -> Result<(), DeltaError> {
-    let bad = |why: &str| Err(DeltaError::corrupt(format!("unsafe path {path:?}: {why}")));
+    let bad = |why: &str| Err(DeltaError::unsafe_entry(path, why));
     if path.is_empty() {
-        return bad("empty");
+        return bad("empty path");
     }
     if path.starts_with('/') {
-        return bad("absolute");
+        return bad("absolute path");
     }
     if path.contains('\0') {
-        return bad("contains NUL");
+        return bad("path contains NUL");
     }
     for c in path.split('/') {
         match c {
-            "" => return bad("empty component"),
-            "." | ".." => return bad("`.` or `..` component"),
+            "" => return bad("empty path component"),
+            "." => return bad("`.` path component"),
+            ".." => return bad("`..` path component (would climb out of the target)"),
             _ => {}
         }
     }
@@ -512,11 +558,48 @@ fn put_time(b: &mut Vec<u8>, t: Timestamp) {
     put_var(b, u64::from(t.nsec));
 }
 
+/// A reader that fails once more than `left` bytes came through: the
+/// decompressed body is bounded however well the frame compresses.
+struct LimitedRead<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for LimitedRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => {
+                Err(std::io::Error::other("decompressed manifest exceeds its size limit (decompression bomb refused)"))
+            }
+        }
+    }
+}
+
 struct Reader<R> {
     inner: R,
+    /// Bytes of memory the decoded manifest may still take.
+    budget: u64,
 }
 
 impl<R: Read> Reader<R> {
+    /// Account for `bytes` of decoded manifest before keeping them.
+    fn charge(&mut self, bytes: usize, what: &str) -> Result<(), DeltaError> {
+        match self.budget.checked_sub(bytes as u64) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(DeltaError::corrupt(format!(
+                "{what}: the manifest needs more memory than the decoding limit allows; refused before allocating"
+            ))),
+        }
+    }
+
     fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), DeltaError> {
         self.inner.read_exact(buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {

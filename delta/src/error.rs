@@ -39,6 +39,12 @@ pub enum DeltaError {
     #[error("corrupt manifest: {0}")]
     CorruptManifest(String),
 
+    /// An entry of a manifest that a restore must not apply: its path could
+    /// reach outside the target (`..`, absolute, a symlink on the way), it
+    /// repeats a name, or its sizes and blocks disagree (untrusted input).
+    #[error("unsafe entry {path:?}: {reason}")]
+    UnsafeEntry { path: String, reason: String },
+
     /// Manifest written by a newer or older, incompatible format.
     #[error("unsupported manifest format version {found} (this build reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
@@ -88,6 +94,10 @@ pub enum DeltaError {
 impl DeltaError {
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
         DeltaError::Io { path: path.into(), op, source }
+    }
+
+    pub(crate) fn unsafe_entry(path: &str, reason: impl Into<String>) -> Self {
+        DeltaError::UnsafeEntry { path: path.to_string(), reason: reason.into() }
     }
 
     pub(crate) fn corrupt(msg: impl Into<String>) -> Self {

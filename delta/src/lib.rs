@@ -26,8 +26,9 @@
 //!   run size and the manifests, never by file sizes; the async service runs
 //!   this on a blocking thread and does the object-store I/O itself.
 //! - **Hostile input.** Manifests and packs come back from storage; decoding
-//!   validates everything, a restore writes only below its target and never
-//!   follows a symlink while creating entries.
+//!   is bounded and validates everything (refusals name the entry:
+//!   [`DeltaError::UnsafeEntry`]), and a restore writes only through
+//!   capability handles on its target (cap-std) that never follow a symlink.
 
 mod backup;
 mod chain;
@@ -38,13 +39,16 @@ mod restore;
 
 pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree};
 pub use chain::{ChainLink, verify_chain};
-pub use codec::{MAX_MANIFEST_DECODED, MAX_RUN_RAW, decode_manifest, encode_manifest, validate};
+pub use codec::{
+    DecodeLimits, MAX_MANIFEST_DECODED, MAX_MANIFEST_MEMORY, MAX_RUN_RAW, decode_manifest, decode_manifest_with_limits,
+    encode_manifest, validate,
+};
 pub use error::DeltaError;
 pub use manifest::{
     BlockHash, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, Header, Manifest, PackRef, ParentRef,
     Timestamp, block_count, block_hash, checksum,
 };
-pub use restore::{PackSource, RestoreStats, restore_chain};
+pub use restore::{PackSource, RestoreStats, decode_run, restore_chain};
 
 /// Version of the manifest encoding (and of the pack layout it implies).
 pub const FORMAT_VERSION: u32 = 1;

@@ -13,21 +13,34 @@
 //!   against the last manifest's block hash before it is written; each file
 //!   is checked against its whole-content BLAKE3 afterwards. A corrupted or
 //!   truncated pack is reported with backup id, pack and offset.
-//! - **Never escape the target.** Paths were validated when decoding;
-//!   entries are created in sorted order (parents first) inside an empty
-//!   target, every parent is checked not to be a symlink, files are created
-//!   with `create_new` and re-opened only if they are still the inode we
-//!   created. Metadata comes last (modes could make directories read-only),
-//!   deepest first so directory mtimes survive their children's creation.
+//! - **Never escape the target.** Manifests come back from storage and are
+//!   untrusted. Every link is validated again here (paths, ordering, run
+//!   geometry), and all writes then go through capability handles
+//!   (`cap_std::fs::Dir`) opened on the target: a directory handle can only
+//!   reach names below it. Parents are opened component by component with
+//!   `O_NOFOLLOW`, files are created with `O_CREAT|O_EXCL|O_NOFOLLOW` and
+//!   re-opened with `O_NOFOLLOW` only if they are still the inode we created,
+//!   symlinks are created with `symlinkat` relative to their parent's handle
+//!   (their targets are data, never followed), and metadata is set through
+//!   file descriptors or `*at(..., AT_SYMLINK_NOFOLLOW)`. So even an entry
+//!   that a validation bug let through (a symlink and then a file "through"
+//!   it) fails instead of writing outside the target. Metadata comes last
+//!   (modes could make directories read-only), deepest first so directory
+//!   mtimes survive their children's creation.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use rustix::fs::{AtFlags, Gid, Mode, Timespec, Timestamps, Uid};
 use uuid::Uuid;
 
 use crate::chain::{ChainLink, verify_chain};
+use crate::codec::validate;
 use crate::error::DeltaError;
 use crate::manifest::*;
 
@@ -56,14 +69,31 @@ struct Piece {
 }
 
 /// Restore `links` (root first) into the empty directory `target`.
+///
+/// Every link is validated (a [`ChainLink`] may have been built by hand),
+/// the chain is verified, then the tree is written through a directory
+/// handle on `target` that cannot reach anything outside it.
 pub fn restore_chain(
     links: &[ChainLink],
     packs: &dyn PackSource,
     target: &Path,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<RestoreStats, DeltaError> {
+    for link in links {
+        validate(&link.manifest)?;
+    }
     verify_chain(links)?;
     check_target(target)?;
+    apply(links, packs, target, on_step)
+}
+
+/// The restore proper, on links already validated and verified.
+fn apply(
+    links: &[ChainLink],
+    packs: &dyn PackSource,
+    target: &Path,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<RestoreStats, DeltaError> {
     let n = links.len();
     let last = &links[n - 1].manifest;
     let bs = last.header.block_size;
@@ -78,31 +108,40 @@ pub fn restore_chain(
     }
 
     // 2. Create the tree (no content yet).
+    let mut tree = Tree::open(target)?;
     let mut stats = RestoreStats::default();
     let mut inodes: Vec<u64> = vec![0; last.entries.len()];
     for (idx, e) in last.entries.iter().enumerate() {
         if e.path.is_empty() {
             continue;
         }
-        let path = target.join(&e.path);
-        check_parent_dir(target, &path)?;
+        let io_err = |op: &'static str| move |err: io::Error| DeltaError::io(target.join(&e.path), op, err);
         match &e.kind {
-            EntryKind::Dir => fs::create_dir(&path).map_err(|err| DeltaError::io(&path, "creating directory", err))?,
+            EntryKind::Dir => {
+                let (dir, name) = tree.parent_of(&e.path)?;
+                dir.create_dir(name).map_err(io_err("creating directory"))?;
+            }
             EntryKind::Symlink { target: t } => {
-                std::os::unix::fs::symlink(t, &path).map_err(|err| DeltaError::io(&path, "creating symlink", err))?
+                let (dir, name) = tree.parent_of(&e.path)?;
+                rustix::fs::symlinkat(t.as_str(), dir, name)
+                    .map_err(|err| io_err("creating symlink")(io::Error::from(err)))?;
             }
             EntryKind::HardLink { to } => {
-                fs::hard_link(target.join(to), &path).map_err(|err| DeltaError::io(&path, "creating hard link", err))?
+                let root = tree.root.try_clone().map_err(io_err("opening the target"))?;
+                let (dir, name) = tree.parent_of(&e.path)?;
+                root.hard_link(to, dir, name).map_err(io_err("creating hard link"))?;
             }
             EntryKind::File(f) => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|err| DeltaError::io(&path, "creating file", err))?;
-                file.set_len(f.size).map_err(|err| DeltaError::io(&path, "setting file size", err))?;
-                inodes[idx] = file.metadata().map_err(|err| DeltaError::io(&path, "reading metadata", err))?.ino();
+                let (dir, name) = tree.parent_of(&e.path)?;
+                let file = dir
+                    .open_with(
+                        name,
+                        OpenOptions::new().write(true).create_new(true).mode(0o600).follow(FollowSymlinks::No),
+                    )
+                    .map_err(io_err("creating file"))?
+                    .into_std();
+                file.set_len(f.size).map_err(io_err("setting file size"))?;
+                inodes[idx] = file.metadata().map_err(io_err("reading metadata"))?.ino();
                 stats.files += 1;
             }
         }
@@ -141,13 +180,12 @@ pub fn restore_chain(
                 }
                 end = off + len;
             }
-            let path = target.join(&e.path);
             if open.as_ref().is_none_or(|(i, _)| *i != p.entry) {
-                open = Some((p.entry, reopen(&path, inodes[p.entry])?));
+                open = Some((p.entry, tree.reopen(&e.path, inodes[p.entry])?));
             }
             let file = &open.as_ref().expect("just opened").1;
             file.write_all_at(&data[start as usize..end as usize], p.from * bsu)
-                .map_err(|err| DeltaError::io(&path, "writing", err))?;
+                .map_err(|err| DeltaError::io(target.join(&e.path), "writing", err))?;
             stats.blocks_written += p.to - p.from;
             stats.bytes_written += end - start;
         }
@@ -158,8 +196,7 @@ pub fn restore_chain(
     let last_id = links[n - 1].manifest.header.backup_id;
     for e in &last.entries {
         if let EntryKind::File(f) = &e.kind {
-            let path = target.join(&e.path);
-            let actual = hash_file(&path)?;
+            let actual = tree.hash_file(&e.path)?;
             if actual != f.blake3 {
                 return Err(DeltaError::ContentMismatch {
                     path: e.path.clone(),
@@ -174,8 +211,7 @@ pub fn restore_chain(
 
     // 5. Metadata, deepest first (reverse sorted order), root last.
     for e in last.entries.iter().rev() {
-        let path = if e.path.is_empty() { target.to_path_buf() } else { target.join(&e.path) };
-        set_metadata(&path, e)?;
+        tree.set_metadata(e)?;
     }
     Ok(stats)
 }
@@ -272,6 +308,30 @@ fn resolve_file(
     Ok(())
 }
 
+/// Decode the stored bytes of one run (as read from its pack) into the
+/// run's raw content. The output is bounded by the run's `raw_len`, which
+/// validation caps at [`crate::MAX_RUN_RAW`]: a zstd frame that would expand
+/// further (a decompression bomb) is refused, never decoded in full.
+pub fn decode_run(run: &BlockRun, stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    if stored.len() as u64 != run.stored_len {
+        return Err(format!("truncated: got {} of {} bytes", stored.len(), run.stored_len));
+    }
+    if run.raw_len > crate::MAX_RUN_RAW {
+        return Err(format!("run of {} bytes exceeds the {} byte limit", run.raw_len, crate::MAX_RUN_RAW));
+    }
+    let raw = match run.compression {
+        Compression::Raw => stored,
+        Compression::Zstd => zstd::bulk::decompress(&stored, run.raw_len as usize).map_err(|e| {
+            format!("cannot decompress (a frame larger than the {} bytes recorded is refused): {e}", run.raw_len)
+        })?,
+        Compression::Zero => return Err("zero runs have no stored bytes".into()),
+    };
+    if raw.len() as u64 != run.raw_len {
+        return Err(format!("decoded {} bytes, manifest says {}", raw.len(), run.raw_len));
+    }
+    Ok(raw)
+}
+
 fn fetch_run(packs: &dyn PackSource, h: &Header, run: &BlockRun) -> Result<Vec<u8>, DeltaError> {
     let pack = &h.packs[run.pack as usize].name;
     let data =
@@ -282,26 +342,12 @@ fn fetch_run(packs: &dyn PackSource, h: &Header, run: &BlockRun) -> Result<Vec<u
             len: run.stored_len,
             source,
         })?;
-    let fail = |reason: String| DeltaError::PackData {
+    decode_run(run, data).map_err(|reason| DeltaError::PackData {
         backup_id: h.backup_id,
         pack: pack.clone(),
         offset: run.offset,
         reason,
-    };
-    if data.len() as u64 != run.stored_len {
-        return Err(fail(format!("truncated: got {} of {} bytes", data.len(), run.stored_len)));
-    }
-    let raw = match run.compression {
-        Compression::Raw => data,
-        Compression::Zstd => {
-            zstd::bulk::decompress(&data, run.raw_len as usize).map_err(|e| fail(format!("cannot decompress: {e}")))?
-        }
-        Compression::Zero => unreachable!("zero runs are never fetched"),
-    };
-    if raw.len() as u64 != run.raw_len {
-        return Err(fail(format!("decoded {} bytes, manifest says {}", raw.len(), run.raw_len)));
-    }
-    Ok(raw)
+    })
 }
 
 fn check_target(target: &Path) -> Result<(), DeltaError> {
@@ -320,64 +366,226 @@ fn check_target(target: &Path) -> Result<(), DeltaError> {
     Ok(())
 }
 
-/// Refuse to create `path` unless its parent is a real directory.
-fn check_parent_dir(target: &Path, path: &Path) -> Result<(), DeltaError> {
-    let parent = path.parent().unwrap_or(target);
-    match fs::symlink_metadata(parent) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(DeltaError::Target {
-            path: parent.to_path_buf(),
-            reason: "a path component is not a directory (symlink?)".into(),
-        }),
-        Err(e) => Err(DeltaError::io(parent, "checking directory", e)),
-    }
+/// Capability handles on the tree being restored: nothing reachable from
+/// here is outside `target`, and no symlink is ever followed.
+struct Tree<'a> {
+    target: &'a Path,
+    root: Dir,
+    /// The last parent directory opened, by relative path: entries are
+    /// sorted, so siblings come together and share it.
+    cached: Option<(String, Dir)>,
 }
 
-fn reopen(path: &PathBuf, inode: u64) -> Result<File, DeltaError> {
-    let meta = fs::symlink_metadata(path).map_err(|e| DeltaError::io(path, "checking file", e))?;
-    if !meta.is_file() || meta.ino() != inode {
-        return Err(DeltaError::Target { path: path.clone(), reason: "file was replaced during the restore".into() });
+impl<'a> Tree<'a> {
+    fn open(target: &'a Path) -> Result<Self, DeltaError> {
+        let root = Dir::open_ambient_dir(target, cap_std::ambient_authority())
+            .map_err(|e| DeltaError::Target { path: target.to_path_buf(), reason: format!("cannot open: {e}") })?;
+        Ok(Tree { target, root, cached: None })
     }
-    let f = OpenOptions::new().write(true).open(path).map_err(|e| DeltaError::io(path, "opening for writing", e))?;
-    let m = f.metadata().map_err(|e| DeltaError::io(path, "reading metadata", e))?;
-    if m.ino() != inode {
-        return Err(DeltaError::Target { path: path.clone(), reason: "file was replaced during the restore".into() });
-    }
-    Ok(f)
-}
 
-fn hash_file(path: &Path) -> Result<[u8; 32], DeltaError> {
-    let mut f = File::open(path).map_err(|e| DeltaError::io(path, "opening to verify", e))?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(DeltaError::io(path, "reading to verify", e)),
+    /// The directory holding entry `rel` and the entry's own name, opened
+    /// component by component without following symlinks.
+    fn parent_of<'p>(&mut self, rel: &'p str) -> Result<(&Dir, &'p str), DeltaError> {
+        let Some((parent, name)) = rel.rsplit_once('/') else {
+            return Ok((&self.root, rel));
         };
-        h.update(&buf[..n]);
+        if self.cached.as_ref().is_none_or(|(p, _)| p != parent) {
+            let refuse = |e: io::Error| DeltaError::UnsafeEntry {
+                path: rel.to_string(),
+                reason: format!("parent {parent:?} cannot be opened as a real directory below the target: {e}"),
+            };
+            let mut comps = parent.split('/');
+            let first = comps.next().expect("split yields at least one item");
+            let mut dir = self.root.open_dir_nofollow(first).map_err(refuse)?;
+            for c in comps {
+                dir = dir.open_dir_nofollow(c).map_err(refuse)?;
+            }
+            self.cached = Some((parent.to_string(), dir));
+        }
+        Ok((&self.cached.as_ref().expect("just cached").1, name))
     }
-    Ok(*h.finalize().as_bytes())
+
+    fn open_file(&mut self, rel: &str, options: &OpenOptions, op: &'static str) -> Result<File, DeltaError> {
+        let path = if rel == "." { self.target.to_path_buf() } else { self.target.join(rel) };
+        let (dir, name) = self.parent_of(rel)?;
+        Ok(dir
+            .open_with(name, options.clone().follow(FollowSymlinks::No))
+            .map_err(|e| DeltaError::io(path, op, e))?
+            .into_std())
+    }
+
+    /// Re-open a file we created for writing, only if it is still that inode.
+    fn reopen(&mut self, rel: &str, inode: u64) -> Result<File, DeltaError> {
+        let f = self.open_file(rel, OpenOptions::new().write(true), "opening for writing")?;
+        let m = f.metadata().map_err(|e| DeltaError::io(self.target.join(rel), "reading metadata", e))?;
+        if !m.is_file() || m.ino() != inode {
+            return Err(DeltaError::Target {
+                path: self.target.join(rel),
+                reason: "file was replaced during the restore".into(),
+            });
+        }
+        Ok(f)
+    }
+
+    fn hash_file(&mut self, rel: &str) -> Result<[u8; 32], DeltaError> {
+        let mut f = self.open_file(rel, OpenOptions::new().read(true), "opening to verify")?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DeltaError::io(self.target.join(rel), "reading to verify", e)),
+            };
+            h.update(&buf[..n]);
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Owner, mode and mtime of `e`, through a descriptor of the entry
+    /// itself (or `*at` calls that do not follow symlinks).
+    fn set_metadata(&mut self, e: &Entry) -> Result<(), DeltaError> {
+        let path = self.target.join(&e.path);
+        let uid = Uid::from_raw_unchecked(e.uid);
+        let gid = Gid::from_raw_unchecked(e.gid);
+        let times = Timestamps {
+            last_access: Timespec { tv_sec: e.mtime.sec, tv_nsec: e.mtime.nsec.into() },
+            last_modification: Timespec { tv_sec: e.mtime.sec, tv_nsec: e.mtime.nsec.into() },
+        };
+        let fd: File = match &e.kind {
+            EntryKind::HardLink { .. } => return Ok(()), // its first link carries the metadata
+            EntryKind::Symlink { .. } => {
+                let (dir, name) = self.parent_of(&e.path)?;
+                ignore_unprivileged(rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW))
+                    .map_err(|err| DeltaError::io(&path, "setting owner", err))?;
+                return rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|err| DeltaError::io(&path, "setting symlink times", err.into()));
+            }
+            // cap-std's directory handles are `O_PATH`, which cannot change
+            // metadata: open the directory itself read-only (no symlink).
+            EntryKind::Dir => {
+                let rel = if e.path.is_empty() { "." } else { e.path.as_str() };
+                let dir_flags = rustix::fs::OFlags::DIRECTORY.bits() as i32;
+                self.open_file(rel, OpenOptions::new().read(true).custom_flags(dir_flags), "opening directory")?
+            }
+            EntryKind::File(_) => self.open_file(&e.path, OpenOptions::new().read(true), "opening for metadata")?,
+        };
+        // Ownership first: chown clears setuid/setgid, chmod restores them.
+        ignore_unprivileged(rustix::fs::fchown(fd.as_fd(), Some(uid), Some(gid)))
+            .map_err(|err| DeltaError::io(&path, "setting owner", err))?;
+        rustix::fs::fchmod(fd.as_fd(), Mode::from_raw_mode(e.mode))
+            .map_err(|err| DeltaError::io(&path, "setting mode", err.into()))?;
+        rustix::fs::futimens(fd.as_fd(), &times).map_err(|err| DeltaError::io(&path, "setting times", err.into()))
+    }
 }
 
-fn set_metadata(path: &Path, e: &Entry) -> Result<(), DeltaError> {
-    if matches!(e.kind, EntryKind::HardLink { .. }) {
-        return Ok(()); // same inode as its first link, which carries the metadata
+/// An unprivileged restore cannot give files away: keep the restoring
+/// user as owner rather than fail.
+fn ignore_unprivileged(r: rustix::io::Result<()>) -> io::Result<()> {
+    match r {
+        Ok(()) | Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    // Ownership first: chown clears setuid/setgid, chmod restores them.
-    match std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid)) {
-        Ok(()) => {}
-        Err(err) if matches!(err.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput) => {}
-        Err(err) => return Err(DeltaError::io(path, "setting owner", err)),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoPacks;
+
+    impl PackSource for NoPacks {
+        fn read_range(&self, _: Uuid, _: &str, _: u64, _: u64) -> io::Result<Vec<u8>> {
+            Err(io::Error::other("no packs in this test"))
+        }
     }
-    let mtime = filetime::FileTime::from_unix_time(e.mtime.sec, e.mtime.nsec);
-    if let EntryKind::Symlink { .. } = e.kind {
-        return filetime::set_symlink_file_times(path, mtime, mtime)
-            .map_err(|err| DeltaError::io(path, "setting symlink times", err));
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry { path: path.into(), kind, mode: 0o755, mtime: Timestamp::default(), uid: 0, gid: 0 }
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
-        .map_err(|err| DeltaError::io(path, "setting mode", err))?;
-    filetime::set_file_times(path, mtime, mtime).map_err(|err| DeltaError::io(path, "setting times", err))
+
+    fn empty_file() -> EntryKind {
+        EntryKind::File(FileEntry {
+            size: 0,
+            inode: 0,
+            ctime: Timestamp::default(),
+            blake3: *blake3::hash(b"").as_bytes(),
+            block_hashes: vec![],
+            content: FileContent::Stored(vec![]),
+        })
+    }
+
+    /// Feeds `apply` (no validation) a manifest with `entries` after the
+    /// root; returns the error and checks that `outside` stayed empty.
+    fn apply_unvalidated(entries: Vec<Entry>) -> DeltaError {
+        let outer = tempfile::tempdir().unwrap();
+        let target = outer.path().join("target");
+        let outside = outer.path().join("outside");
+        fs::create_dir(&target).unwrap();
+        fs::create_dir(&outside).unwrap();
+        let mut all = vec![entry("", EntryKind::Dir)];
+        for mut e in entries {
+            e.path = e.path.replace("OUTSIDE", outside.to_str().unwrap());
+            if let EntryKind::Symlink { target } = &mut e.kind {
+                *target = target.replace("OUTSIDE", outside.to_str().unwrap());
+            }
+            all.push(e);
+        }
+        let manifest = Manifest {
+            header: Header {
+                format_version: crate::FORMAT_VERSION,
+                backup_id: Uuid::from_u128(1),
+                instance_id: Uuid::from_u128(2),
+                parent: None,
+                block_size: 4096,
+                packs: vec![],
+            },
+            entries: all,
+        };
+        assert!(validate(&manifest).is_err(), "validation alone would refuse this manifest");
+        let link = ChainLink { manifest, checksum: String::new() };
+        let err = apply(&[link], &NoPacks, &target, &mut |_, _| {}).expect_err("the write escaped or succeeded");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the target");
+        let names: Vec<_> = fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        err
+    }
+
+    fn assert_unsafe(err: DeltaError, path: &str) {
+        match &err {
+            DeltaError::UnsafeEntry { path: p, .. } if p == path => {}
+            other => panic!("expected UnsafeEntry for {path:?}, got {other}"),
+        }
+    }
+
+    #[test]
+    fn capability_handles_alone_stop_writes_through_symlinks() {
+        let abs = || EntryKind::Symlink { target: "OUTSIDE".into() };
+        let rel = || EntryKind::Symlink { target: "../outside".into() };
+        assert_unsafe(apply_unvalidated(vec![entry("esc", abs()), entry("esc/evil", empty_file())]), "esc/evil");
+        assert_unsafe(apply_unvalidated(vec![entry("esc", abs()), entry("esc/d", EntryKind::Dir)]), "esc/d");
+        assert_unsafe(apply_unvalidated(vec![entry("up", rel()), entry("up/evil", empty_file())]), "up/evil");
+        // Deeper: a real directory, then a symlink inside it.
+        let err = apply_unvalidated(vec![
+            entry("d", EntryKind::Dir),
+            entry("d/esc", abs()),
+            entry("d/esc/evil", empty_file()),
+        ]);
+        assert_unsafe(err, "d/esc/evil");
+    }
+
+    #[test]
+    fn capability_handles_alone_stop_dot_dot_and_absolute_paths() {
+        assert!(matches!(
+            apply_unvalidated(vec![entry("../outside/evil", empty_file())]),
+            DeltaError::UnsafeEntry { .. }
+        ));
+        assert!(apply_unvalidated(vec![entry("..", EntryKind::Dir)]).to_string().contains(".."));
+        let err = apply_unvalidated(vec![entry("OUTSIDE/evil", empty_file())]);
+        assert!(matches!(err, DeltaError::UnsafeEntry { .. }), "{err}");
+        // A hard link to a file outside the target.
+        let err = apply_unvalidated(vec![entry("h", EntryKind::HardLink { to: "../outside/x".into() })]);
+        assert!(err.to_string().contains("creating hard link"), "{err}");
+    }
 }

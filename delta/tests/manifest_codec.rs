@@ -183,8 +183,8 @@ fn with_entry(m: &Manifest, path: &str, kind: EntryKind) -> Manifest {
 
 fn rejected(m: &Manifest, what: &str) -> String {
     match decode_manifest(&encode_manifest(m)) {
-        Err(DeltaError::CorruptManifest(msg)) => msg,
-        other => panic!("{what}: expected CorruptManifest, got {other:?}"),
+        Err(e @ (DeltaError::CorruptManifest(_) | DeltaError::UnsafeEntry { .. })) => e.to_string(),
+        other => panic!("{what}: expected CorruptManifest or UnsafeEntry, got {other:?}"),
     }
 }
 
@@ -193,11 +193,11 @@ fn unsafe_paths_are_rejected() {
     let (m, _) = sample();
     for p in ["../x", "/etc/x", "dir/../../x", "dir//x", "dir/./x", "dir/", "x\0y"] {
         let msg = rejected(&with_entry(&m, p, EntryKind::Dir), p);
-        assert!(msg.contains("unsafe path") || msg.contains("sorted"), "{p}: {msg}");
+        assert!(msg.starts_with("unsafe entry") && (msg.contains("path") || msg.contains("sorted")), "{p}: {msg}");
     }
     // Duplicate path.
     let msg = rejected(&with_entry(&m, "dir", EntryKind::Dir), "duplicate");
-    assert!(msg.contains("duplicated"), "{msg}");
+    assert!(msg.contains("unsafe entry \"dir\": duplicate name"), "{msg}");
     // Unsorted.
     let mut u = m.clone();
     let n = u.entries.len();
@@ -205,9 +205,9 @@ fn unsafe_paths_are_rejected() {
     assert!(rejected(&u, "unsorted").contains("sorted"));
     // Child of a symlink or of a missing directory.
     let msg = rejected(&with_entry(&m, "link/escape", EntryKind::Dir), "under symlink");
-    assert!(msg.contains("not a directory entry"), "{msg}");
+    assert!(msg.contains("is not a directory declared before it"), "{msg}");
     let msg = rejected(&with_entry(&m, "nodir/x", EntryKind::Dir), "no parent");
-    assert!(msg.contains("not a directory entry"), "{msg}");
+    assert!(msg.contains("is not a directory declared before it"), "{msg}");
     // Hard link to something that is not an earlier file.
     let msg = rejected(&with_entry(&m, "zz", EntryKind::HardLink { to: "/etc/passwd".into() }), "hard link");
     assert!(msg.contains("hard link"), "{msg}");

@@ -48,6 +48,13 @@ pub struct Config {
     /// (`CAIRN_BACKUP_READ_LIMIT`, in MiB/s; unset = unlimited), so that a
     /// backup does not starve the database it copies.
     pub backup_read_limit: Option<u64>,
+    /// Key file for encryption at rest (`CAIRN_ENCRYPTION_KEY_FILE`; unset =
+    /// objects are stored in plaintext). One `<key-id> <key>` per line, the
+    /// key as 64 hex digits or base64 of 32 bytes; the first line's key
+    /// seals new objects, every listed key opens the objects sealed with it
+    /// (rotation: put the new key first, keep the old ones). The workers
+    /// read it at start; key material never appears in logs or errors.
+    pub encryption_key_file: Option<PathBuf>,
     /// Name of this process in leases and logs (`CAIRN_WORKER_ID`, default
     /// `<hostname>-<pid>`).
     pub worker_id: String,
@@ -176,6 +183,7 @@ impl Config {
             max_attempts,
             shutdown_grace,
             backup_read_limit,
+            encryption_key_file: var("CAIRN_ENCRYPTION_KEY_FILE").map(PathBuf::from),
             worker_id: var("CAIRN_WORKER_ID").unwrap_or_else(default_worker_id),
             data_dir,
         };

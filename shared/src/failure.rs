@@ -4,7 +4,8 @@
 //! failure is one that retrying cannot fix: the volume is gone, a parent is
 //! missing, a stored object is corrupted. Those are marked [`Permanent`]
 //! where they are detected, and the delta format's own errors are classified
-//! here: only I/O and pack reads are transient.
+//! here: only I/O and pack reads are transient, and of pack reads only
+//! those that did not fail to decrypt.
 
 use cairn_delta::DeltaError;
 
@@ -21,10 +22,13 @@ pub fn permanent(err: impl Into<anyhow::Error>) -> anyhow::Error {
 /// True when retrying `err` cannot help.
 pub fn is_permanent(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| cause.is::<Permanent>())
-        || err
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<DeltaError>())
-            .is_some_and(|delta| !matches!(delta, DeltaError::Io { .. } | DeltaError::PackRead { .. }))
+        || err.chain().find_map(|cause| cause.downcast_ref::<DeltaError>()).is_some_and(|delta| match delta {
+            DeltaError::Io { .. } => false,
+            // A pack that does not decrypt will not decrypt on a retry.
+            DeltaError::PackRead { source, .. } => source.kind() == std::io::ErrorKind::InvalidData,
+            _ => true,
+        })
+        || err.chain().any(|cause| cause.is::<crate::seal::SealError>())
 }
 
 #[cfg(test)]

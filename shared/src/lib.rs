@@ -13,6 +13,7 @@ pub mod failure;
 pub mod lifecycle;
 pub mod outbox;
 pub mod queue;
+pub mod seal;
 pub mod status;
 pub mod storage;
 pub mod telemetry;

@@ -9,16 +9,29 @@
 //! The local filesystem store does not fsync; a backup is `COMPLETED` only
 //! once its objects are durable (DESIGN.md §6), so for `file://` URLs the
 //! uploaded files and their directories are synced here.
+//!
+//! With an encryption key ring ([`crate::seal`]), every object is sealed on
+//! the way in and opened on the way out, here and nowhere else: the delta
+//! format and the datastores see plaintext, checksums are of plaintext, and
+//! range reads of packs map to the frames that cover them. Objects stored
+//! before encryption was turned on are still read as they are.
 
-use std::{ops::Range, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    ops::Range,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart, path::Path as ObjectPath};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart, path::Path as ObjectPath};
 use tokio::io::AsyncReadExt;
 use url::Url;
 use uuid::Uuid;
+
+use crate::seal::{self, KeyRing, Opener, Sealer, StreamOpener};
 
 /// Upload chunk size: memory per upload stays at a few of these.
 const CHUNK: usize = 8 << 20;
@@ -30,7 +43,16 @@ pub struct ArtifactStore {
     base: ObjectPath,
     url: String,
     local_root: Option<PathBuf>,
+    /// Keys to seal new objects with and open sealed ones; `None` stores
+    /// plaintext (and refuses sealed objects, naming their key id).
+    keys: Option<Arc<KeyRing>>,
+    /// Headers of objects read by range (`None`: stored plaintext), so a
+    /// restore's many range reads of one pack fetch its header once.
+    headers: Arc<Mutex<HashMap<String, Option<seal::Header>>>>,
 }
+
+/// How many object headers the range-read cache keeps before starting over.
+const HEADER_CACHE: usize = 4096;
 
 impl ArtifactStore {
     /// Opens the store named by `CAIRN_STORAGE_URL`. A `file://` directory is
@@ -48,11 +70,32 @@ impl ArtifactStore {
                 base: ObjectPath::default(),
                 url: storage_url.trim_end_matches('/').to_owned(),
                 local_root: Some(dir),
+                keys: None,
+                headers: Arc::default(),
             });
         }
         let (store, base) = object_store::parse_url(&url)
             .with_context(|| format!("CAIRN_STORAGE_URL={storage_url:?}: this build serves file:// storage"))?;
-        Ok(Self { store: Arc::from(store), base, url: storage_url.trim_end_matches('/').to_owned(), local_root: None })
+        Ok(Self {
+            store: Arc::from(store),
+            base,
+            url: storage_url.trim_end_matches('/').to_owned(),
+            local_root: None,
+            keys: None,
+            headers: Arc::default(),
+        })
+    }
+
+    /// Seals every object stored from now on with `keys`' current key, and
+    /// opens sealed objects with the key each names.
+    pub fn with_keys(mut self, keys: Option<KeyRing>) -> Self {
+        self.keys = keys.map(Arc::new);
+        self
+    }
+
+    /// The id new objects are sealed with, if encryption is on.
+    pub fn current_key_id(&self) -> Option<&str> {
+        self.keys.as_deref().map(KeyRing::current_id)
     }
 
     /// The prefix of one attempt of one backup.
@@ -71,10 +114,32 @@ impl ArtifactStore {
 
     /// Uploads a local file as `key`, streaming, then makes it durable.
     pub async fn put_file(&self, key: &str, file: &std::path::Path) -> anyhow::Result<u64> {
+        self.forget_header(key);
         let mut reader =
             tokio::fs::File::open(file).await.with_context(|| format!("cannot open staged {}", file.display()))?;
         let upload = self.store.put_multipart(&self.path(key)).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+        if let Some(keys) = &self.keys {
+            let len = reader.metadata().await?.len();
+            let mut sealer = Sealer::new(keys, key, len);
+            writer.write(sealer.header_bytes());
+            let mut frame = Vec::with_capacity(seal::FRAME_SIZE as usize);
+            while !sealer.done() {
+                frame.resize(sealer.next_frame_len(), 0);
+                reader
+                    .read_exact(&mut frame)
+                    .await
+                    .with_context(|| format!("staged {} changed while it was uploaded", file.display()))?;
+                writer.wait_for_capacity(2).await?;
+                writer.write(&sealer.seal_frame(&frame));
+            }
+            if reader.read(&mut [0u8; 1]).await? != 0 {
+                anyhow::bail!("staged {} grew while it was uploaded", file.display());
+            }
+            writer.finish().await.with_context(|| format!("cannot store {key}"))?;
+            self.make_durable(key).await?;
+            return Ok(len);
+        }
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
@@ -93,6 +158,11 @@ impl ArtifactStore {
 
     /// Stores `bytes` as `key` and makes it durable.
     pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.forget_header(key);
+        let bytes = match &self.keys {
+            Some(keys) => seal::seal(keys, key, &bytes),
+            None => bytes,
+        };
         self.store.put(&self.path(key), bytes.into()).await.with_context(|| format!("cannot store {key}"))?;
         self.make_durable(key).await
     }
@@ -119,10 +189,14 @@ impl ArtifactStore {
         .with_context(|| format!("cannot sync {key}"))
     }
 
-    /// Reads a whole object.
+    /// Reads a whole object (opened, if it was sealed).
     pub async fn get(&self, key: &str) -> anyhow::Result<Bytes> {
         let got = self.store.get(&self.path(key)).await.with_context(|| format!("cannot read {key}"))?;
-        Ok(got.bytes().await?)
+        let stored = got.bytes().await?;
+        if self.keys.is_none() && !stored.starts_with(seal::MAGIC) {
+            return Ok(stored);
+        }
+        Ok(seal::open(self.keys.as_deref(), key, &stored)?.into())
     }
 
     /// Streams a whole object through BLAKE3: (size, hex digest). Memory
@@ -132,17 +206,61 @@ impl ArtifactStore {
         let mut stream = got.into_stream();
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
+        let mut opener = StreamOpener::new(self.keys.as_deref(), key);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.with_context(|| format!("cannot read {key}"))?;
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
+            let plain = opener.push(&chunk)?;
+            size += plain.len() as u64;
+            hasher.update(&plain);
         }
+        let plain = opener.finish()?;
+        size += plain.len() as u64;
+        hasher.update(&plain);
         Ok((size, hasher.finalize().to_hex().to_string()))
     }
 
-    /// Reads `range` of an object.
+    /// Reads `range` of an object's plaintext. For a sealed object, only the
+    /// frames covering the range are fetched (and authenticated).
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
-        self.store.get_range(&self.path(key), range).await.with_context(|| format!("cannot read {key}"))
+        let Some(header) = self.header_of(key).await? else {
+            return self.store.get_range(&self.path(key), range).await.with_context(|| format!("cannot read {key}"));
+        };
+        let opener = Opener::new(self.keys.as_deref(), key, header)?;
+        let h = opener.header();
+        if range.start > range.end || range.end > h.plaintext_len {
+            anyhow::bail!("cannot read {key}: range {range:?} is beyond its {} bytes", h.plaintext_len);
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let (frames, sealed_range) = h.sealed_range(range.start, range.end);
+        let sealed =
+            self.store.get_range(&self.path(key), sealed_range).await.with_context(|| format!("cannot read {key}"))?;
+        let first = frames.start * u64::from(h.frame_size);
+        let plain = opener.open_frames(frames, &sealed)?;
+        let (a, b) = ((range.start - first) as usize, (range.end - first) as usize);
+        Ok(Bytes::from(plain).slice(a..b))
+    }
+
+    fn forget_header(&self, key: &str) {
+        self.headers.lock().expect("header cache lock").remove(key);
+    }
+
+    /// The seal header of `key`, `None` if it is stored plaintext.
+    async fn header_of(&self, key: &str) -> anyhow::Result<Option<seal::Header>> {
+        if let Some(h) = self.headers.lock().expect("header cache lock").get(key) {
+            return Ok(h.clone());
+        }
+        let options = GetOptions { range: Some(GetRange::Bounded(0..seal::MAX_HEADER_LEN)), ..GetOptions::default() };
+        let got = self.store.get_opts(&self.path(key), options).await.with_context(|| format!("cannot read {key}"))?;
+        let start = got.bytes().await.with_context(|| format!("cannot read {key}"))?;
+        let header = seal::Header::parse(key, &start)?;
+        let mut cache = self.headers.lock().expect("header cache lock");
+        if cache.len() >= HEADER_CACHE {
+            cache.clear();
+        }
+        cache.insert(key.to_owned(), header.clone());
+        Ok(header)
     }
 
     /// Deletes every object under `prefix` except those under `keep`.

@@ -81,6 +81,9 @@ pub struct AppOptions {
     pub quota_backups: Option<u64>,
     /// Most stored bytes per project. Default: unlimited.
     pub quota_bytes: Option<u64>,
+    /// Workers seal stored objects with this key file
+    /// (`CAIRN_ENCRYPTION_KEY_FILE`).
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl AppOptions {
@@ -155,6 +158,7 @@ pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
         max_attempts: options.max_attempts.unwrap_or(3),
         shutdown_grace: options.shutdown_grace.unwrap_or(Duration::from_secs(5)),
         backup_read_limit: options.backup_read_limit_mib.map(|mib| mib << 20),
+        encryption_key_file: options.encryption_key_file,
         worker_id: "test-api".into(),
         data_dir: dir,
         auth: AuthMode::Token,
@@ -237,6 +241,7 @@ impl TestApp {
             .env("CAIRN_MAX_ATTEMPTS", c.max_attempts.to_string())
             .env("CAIRN_SHUTDOWN_GRACE_SECONDS", secs(c.shutdown_grace))
             .env("CAIRN_BACKUP_READ_LIMIT", c.backup_read_limit.map_or(String::new(), |b| (b >> 20).to_string()))
+            .env("CAIRN_ENCRYPTION_KEY_FILE", c.encryption_key_file.as_deref().unwrap_or(Path::new("")))
             .env("CAIRN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -35,7 +35,11 @@ pub struct JobContext {
 /// ones finish within a grace period and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db = cairn_shared::db::connect_and_migrate(&config.database_url).await?;
-    let store = ArtifactStore::open(&config.storage_url)?;
+    let keys = match &config.encryption_key_file {
+        Some(path) => Some(cairn_shared::seal::KeyRing::load(path)?),
+        None => None,
+    };
+    let store = ArtifactStore::open(&config.storage_url)?.with_keys(keys);
     std::fs::create_dir_all(config.staging_dir())?;
     let broker = Broker::new(&config.amqp_url, &config.queue_prefix);
     let nudge = Nudge::default();
@@ -49,7 +53,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let background = TaskTracker::new();
     background.spawn(cairn_shared::outbox::run_relay(db.clone(), broker.clone(), nudge.clone(), shutdown.clone()));
     background.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
-    tracing::info!(worker_id = %config.worker_id, concurrency = config.worker_concurrency, "cairn-worker started");
+    tracing::info!(
+        worker_id = %config.worker_id,
+        concurrency = config.worker_concurrency,
+        encryption_key_id = ctx.store.current_key_id().unwrap_or("none"),
+        "cairn-worker started"
+    );
     consumer::run(ctx, broker, shutdown).await;
     background.close();
     background.wait().await;

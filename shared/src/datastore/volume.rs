@@ -39,7 +39,8 @@ impl VolumeDatastore {
     async fn load_link(&self, position: usize, link: &StoredLink) -> anyhow::Result<ChainLink> {
         let key = format!("{}/manifest", link.artifact_prefix);
         let bytes = self.store.get(&key).await.map_err(|e| {
-            permanent(e.context(format!("link {position} (backup {}): manifest {key} is missing", link.backup_id)))
+            let what = if e.is::<crate::seal::SealError>() { "cannot be decrypted" } else { "is missing" };
+            permanent(e.context(format!("link {position} (backup {}): manifest {key} {what}", link.backup_id)))
         })?;
         let actual = blake3::hash(&bytes).to_hex().to_string();
         if actual != link.checksum {

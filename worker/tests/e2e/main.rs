@@ -3,7 +3,9 @@
 
 mod auth;
 mod bad_input;
+mod encryption;
 mod faults;
+mod hostile;
 mod openapi;
 mod openstack_client;
 mod quotas;
