@@ -5,6 +5,7 @@ mod bad_input;
 mod faults;
 mod openapi;
 mod openstack_client;
+mod progress;
 mod rules;
 mod scale_out;
 mod walkthrough;
