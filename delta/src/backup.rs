@@ -16,11 +16,12 @@
 //!   on failure the packs written so far are removed, so a failed attempt
 //!   leaves nothing that could be mistaken for a usable backup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::DeltaError;
@@ -107,10 +108,8 @@ pub fn backup_tree(
         parent: parent.map(|(m, _)| m),
         block_size,
         packs: &mut packs,
+        zstd_level: opts.zstd_level,
         stats: BackupStats::default(),
-        compressor: zstd::bulk::Compressor::new(opts.zstd_level)
-            .map_err(|e| DeltaError::InvalidOptions(format!("zstd level {}: {e}", opts.zstd_level)))?,
-        zero_hash: block_hash(&vec![0u8; block_size as usize]),
         done: 0,
         total: 0,
         last_report: 0,
@@ -193,10 +192,9 @@ struct Item {
 struct Backup<'a, 'p> {
     parent: Option<&'a Manifest>,
     block_size: u32,
+    zstd_level: i32,
     packs: &'a mut PackWriter<'p>,
     stats: BackupStats,
-    compressor: zstd::bulk::Compressor<'static>,
-    zero_hash: BlockHash,
     done: u64,
     total: u64,
     last_report: u64,
@@ -204,11 +202,195 @@ struct Backup<'a, 'p> {
     throttle: Throttle,
 }
 
-impl Backup<'_, '_> {
+/// Bytes read from a file at once and handed to one hashing/compressing
+/// thread: a multiple of every accepted block size, and the cap of a run.
+const CHUNK_BYTES: usize = RUN_BYTES;
+
+/// One chunk of a file, to be hashed, compared and compressed off the
+/// reading thread.
+struct ChunkJob<'m> {
+    data: Vec<u8>,
+    /// Index of the chunk's first block in its file.
+    first_block: u64,
+    /// The parent's block hashes of this file, if it had one.
+    parent_hashes: Option<&'m [BlockHash]>,
+    reply: mpsc::SyncSender<Result<ChunkDone, String>>,
+}
+
+/// What a worker made of a chunk.
+struct ChunkDone {
+    hashes: Vec<BlockHash>,
+    runs: Vec<PreparedRun>,
+    blocks_stored: u64,
+    zero_blocks: u64,
+    blocks_unchanged: u64,
+}
+
+/// A run of changed blocks, compressed (or not) but not yet in a pack.
+struct PreparedRun {
+    first_block: u64,
+    count: u64,
+    raw_len: u64,
+    /// `None` for a run of zero blocks (nothing stored).
+    payload: Option<(Vec<u8>, Compression)>,
+}
+
+/// A file being read, in the order files are read; its entry is completed
+/// when the last of its chunks has been written.
+struct FileInFlight<'m> {
+    /// Its slot in the entries.
+    pos: usize,
+    path: PathBuf,
+    rel: String,
+    parent: Option<&'m FileEntry>,
+    hashes: Vec<BlockHash>,
+    runs: Vec<BlockRun>,
+    /// Set once the whole file has been read.
+    tail: Option<FileTail>,
+}
+
+struct FileTail {
+    meta: fs::Metadata,
+    read_start: SystemTime,
+    size: u64,
+    blake3: [u8; 32],
+}
+
+/// A submitted chunk (or, for an empty file, none) in submission order.
+struct Slot {
+    reply: Option<mpsc::Receiver<Result<ChunkDone, String>>>,
+    /// The file's last chunk: its entry can be completed after it.
+    last: bool,
+}
+
+/// The ordered end of the pipeline: chunks come back from the workers in
+/// any order but are consumed here in the order they were read, so packs
+/// and entries come out exactly as a sequential backup would write them.
+struct Pipeline<'m> {
+    jobs: Option<mpsc::SyncSender<ChunkJob<'m>>>,
+    slots: VecDeque<Slot>,
+    files: VecDeque<FileInFlight<'m>>,
+    /// Chunks in flight before the reader waits for the oldest one.
+    max_in_flight: usize,
+}
+
+/// Hashes, compares and compresses chunks until the job channel closes.
+fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, block_size: usize, zstd_level: i32, zero_hash: BlockHash) {
+    let mut compressor = zstd::bulk::Compressor::new(zstd_level).ok();
+    loop {
+        let job = {
+            let Ok(rx) = jobs.lock() else { return };
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        let result = match compressor.as_mut() {
+            Some(c) => prepare_chunk(&job, block_size, c, zero_hash),
+            None => Err(format!("zstd level {zstd_level} rejected")),
+        };
+        // The reader may have stopped on an error: nobody waits then.
+        let _ = job.reply.send(result);
+    }
+}
+
+fn prepare_chunk(
+    job: &ChunkJob<'_>,
+    bs: usize,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    zero_hash: BlockHash,
+) -> Result<ChunkDone, String> {
+    let mut done = ChunkDone {
+        hashes: Vec::with_capacity(job.data.len().div_ceil(bs)),
+        runs: Vec::new(),
+        blocks_stored: 0,
+        zero_blocks: 0,
+        blocks_unchanged: 0,
+    };
+    // Current run: (first block, count, zero, byte range in job.data)
+    let mut run: Option<(u64, u64, bool, usize, usize)> = None;
+    let mut close = |run: &mut Option<(u64, u64, bool, usize, usize)>, runs: &mut Vec<PreparedRun>| {
+        let Some((first, count, zero, from, to)) = run.take() else { return Ok(()) };
+        let payload = if zero {
+            None
+        } else {
+            let raw = &job.data[from..to];
+            let compressed = compressor.compress(raw).map_err(|e| format!("compressing: {e}"))?;
+            Some(if compressed.len() < raw.len() {
+                (compressed, Compression::Zstd)
+            } else {
+                (raw.to_vec(), Compression::Raw)
+            })
+        };
+        runs.push(PreparedRun { first_block: first, count, raw_len: (to - from) as u64, payload });
+        Ok::<(), String>(())
+    };
+    for (i, block) in job.data.chunks(bs).enumerate() {
+        let index = job.first_block + i as u64;
+        let zero = is_zero(block);
+        let h = if zero && block.len() == bs { zero_hash } else { block_hash(block) };
+        done.hashes.push(h);
+        let from = i * bs;
+        let to = from + block.len();
+        if job.parent_hashes.and_then(|p| p.get(index as usize)) == Some(&h) {
+            done.blocks_unchanged += 1;
+            close(&mut run, &mut done.runs)?;
+            continue;
+        }
+        if run.is_some_and(|r| r.2 != zero) {
+            close(&mut run, &mut done.runs)?;
+        }
+        match &mut run {
+            Some(r) => {
+                r.1 += 1;
+                r.4 = to;
+            }
+            None => run = Some((index, 1, zero, from, to)),
+        }
+        if zero {
+            done.zero_blocks += 1;
+        } else {
+            done.blocks_stored += 1;
+        }
+    }
+    close(&mut run, &mut done.runs)?;
+    Ok(done)
+}
+
+impl<'a> Backup<'a, '_> {
     fn run(&mut self, source: &Path) -> Result<Vec<Entry>, DeltaError> {
         let items = self.walk(source)?;
         (self.progress)(Progress { done_bytes: 0, total_bytes: self.total });
-        let mut entries = Vec::with_capacity(items.len());
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<ChunkJob<'_>>(threads);
+        let jobs_rx = Mutex::new(jobs_rx);
+        let (bs, level) = (self.block_size as usize, self.zstd_level);
+        let zero_hash = block_hash(&vec![0u8; bs]);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let jobs_rx = &jobs_rx;
+                scope.spawn(move || chunk_worker(jobs_rx, bs, level, zero_hash));
+            }
+            let mut pipe = Pipeline {
+                jobs: Some(jobs_tx),
+                slots: VecDeque::new(),
+                files: VecDeque::new(),
+                max_in_flight: 2 * threads + 2,
+            };
+            let result = self.run_items(source, items, &mut pipe);
+            // Closing the job channel ends the workers; the scope joins them.
+            pipe.jobs = None;
+            result
+        })
+    }
+
+    fn run_items(
+        &mut self,
+        source: &Path,
+        items: Vec<Item>,
+        pipe: &mut Pipeline<'a>,
+    ) -> Result<Vec<Entry>, DeltaError> {
+        let mut entries: Vec<Option<Entry>> = Vec::with_capacity(items.len());
         let mut first_links: HashMap<(u64, u64), String> = HashMap::new();
         for item in items {
             let full = if item.path.is_empty() { source.to_path_buf() } else { source.join(&item.path) };
@@ -224,7 +406,7 @@ impl Backup<'_, '_> {
             };
             if ft.is_dir() {
                 self.stats.dirs += 1;
-                entries.push(base(EntryKind::Dir));
+                entries.push(Some(base(EntryKind::Dir)));
             } else if ft.is_symlink() {
                 let target = match fs::read_link(&full) {
                     Ok(t) => t,
@@ -241,32 +423,36 @@ impl Backup<'_, '_> {
                     });
                 };
                 self.stats.symlinks += 1;
-                entries.push(base(EntryKind::Symlink { target }));
+                entries.push(Some(base(EntryKind::Symlink { target })));
             } else if ft.is_file() {
                 let key = (m.dev(), m.ino());
                 if m.nlink() > 1
                     && let Some(first) = first_links.get(&key)
                 {
                     self.stats.hard_links += 1;
-                    entries.push(base(EntryKind::HardLink { to: first.clone() }));
+                    entries.push(Some(base(EntryKind::HardLink { to: first.clone() })));
                     continue;
                 }
-                match self.file(&full, &item.path, m)? {
-                    Some(e) => {
-                        if m.nlink() > 1 {
-                            first_links.insert(key, item.path.clone());
-                        }
-                        entries.push(e);
+                let pos = entries.len();
+                entries.push(None);
+                if self.file(&full, &item.path, m, pos, &mut entries, pipe)? {
+                    if m.nlink() > 1 {
+                        first_links.insert(key, item.path.clone());
                     }
-                    None => self.stats.vanished.push(item.path),
+                } else {
+                    entries.pop();
+                    self.stats.vanished.push(item.path);
                 }
             } else {
                 // fifo, socket, block or character device
                 self.stats.skipped_special.push(item.path);
             }
         }
+        while !pipe.slots.is_empty() {
+            self.consume_oldest(&mut entries, pipe)?;
+        }
         self.report(true);
-        Ok(entries)
+        Ok(entries.into_iter().map(|e| e.expect("every read file completed")).collect())
     }
 
     /// Metadata-only walk; returns items sorted by path, root (`""`) first.
@@ -325,9 +511,19 @@ impl Backup<'_, '_> {
         }
     }
 
-    /// Back up one regular file; `None` if it vanished.
-    fn file(&mut self, full: &Path, rel: &str, walk_meta: &fs::Metadata) -> Result<Option<Entry>, DeltaError> {
-        let parent = self.parent.and_then(|p| resolve_with_entry(p, rel));
+    /// Backs up one regular file into `entries[pos]`: at once if it can be
+    /// referenced, else by reading it into the pipeline (the entry is filled
+    /// in when its last chunk is consumed). False if it vanished.
+    fn file(
+        &mut self,
+        full: &Path,
+        rel: &str,
+        walk_meta: &fs::Metadata,
+        pos: usize,
+        entries: &mut [Option<Entry>],
+        pipe: &mut Pipeline<'a>,
+    ) -> Result<bool, DeltaError> {
+        let parent: Option<(&'a Entry, &'a FileEntry)> = self.parent.and_then(|p| resolve_with_entry(p, rel));
         if let Some((pe, pf)) = parent
             && pf.size == walk_meta.len()
             && pf.inode == walk_meta.ino()
@@ -337,7 +533,7 @@ impl Backup<'_, '_> {
             self.stats.files_referenced += 1;
             self.done += pf.size;
             self.report(false);
-            return Ok(Some(Entry {
+            entries[pos] = Some(Entry {
                 path: rel.to_string(),
                 kind: EntryKind::File(FileEntry {
                     size: pf.size,
@@ -351,77 +547,140 @@ impl Backup<'_, '_> {
                 mtime: pe.mtime,
                 uid: walk_meta.uid(),
                 gid: walk_meta.gid(),
-            }));
+            });
+            return Ok(true);
         }
         let parent = parent.map(|(_, f)| f);
 
         let read_start = SystemTime::now();
         let mut file = match File::open(full) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(DeltaError::io(full, "opening", e)),
         };
         let meta = file.metadata().map_err(|e| DeltaError::io(full, "reading metadata", e))?;
         if !meta.is_file() {
-            return Ok(None);
+            return Ok(false);
         }
-        let bs = self.block_size as usize;
-        let mut buf = vec![0u8; bs];
+        pipe.files.push_back(FileInFlight {
+            pos,
+            path: full.to_path_buf(),
+            rel: rel.to_string(),
+            parent,
+            hashes: Vec::new(),
+            runs: Vec::new(),
+            tail: None,
+        });
         let mut whole = blake3::Hasher::new();
-        let mut hashes: Vec<BlockHash> = Vec::new();
-        let mut runs: Vec<BlockRun> = Vec::new();
-        let mut run = RunBuf::default();
         let mut size = 0u64;
-        let mut index = 0u64;
+        let mut chunks = 0u64;
+        let blocks_per_chunk = (CHUNK_BYTES / self.block_size as usize) as u64;
         loop {
-            let n = read_full(&mut file, &mut buf).map_err(|e| DeltaError::io(full, "reading", e))?;
+            let mut data = vec![0u8; CHUNK_BYTES];
+            let n = read_full(&mut file, &mut data).map_err(|e| DeltaError::io(full, "reading", e))?;
             if n == 0 {
                 break;
             }
+            data.truncate(n);
             self.throttle.consumed(n as u64);
-            let data = &buf[..n];
-            whole.update(data);
-            let zero = is_zero(data);
-            let h = if zero && n == bs { self.zero_hash } else { block_hash(data) };
-            hashes.push(h);
+            whole.update(&data);
             size += n as u64;
             self.stats.bytes_read += n as u64;
             self.done += n as u64;
-            let same = parent.and_then(|p| p.block_hashes.get(index as usize)) == Some(&h);
-            if same {
-                self.stats.blocks_unchanged += 1;
-                self.flush(&mut run, &mut runs, full)?;
-            } else {
-                if run.count > 0 && (run.zero != zero || run.data.len() + bs > RUN_BYTES) {
-                    self.flush(&mut run, &mut runs, full)?;
-                }
-                if run.count == 0 {
-                    run.first = index;
-                    run.zero = zero;
-                }
-                run.count += 1;
-                if zero {
-                    run.zero_len += n as u64;
-                    self.stats.zero_blocks += 1;
-                } else {
-                    run.data.extend_from_slice(data);
-                    self.stats.blocks_stored += 1;
-                }
+            while pipe.slots.len() >= pipe.max_in_flight {
+                self.consume_oldest(entries, pipe)?;
             }
-            index += 1;
+            let (reply, rx) = mpsc::sync_channel(1);
+            let job = ChunkJob {
+                data,
+                first_block: chunks * blocks_per_chunk,
+                parent_hashes: parent.map(|p| &p.block_hashes[..]),
+                reply,
+            };
+            pipe.jobs
+                .as_ref()
+                .expect("open while reading")
+                .send(job)
+                .map_err(|_| DeltaError::io(full, "hashing", io::Error::other("hashing threads stopped")))?;
+            pipe.slots.push_back(Slot { reply: Some(rx), last: false });
+            chunks += 1;
             self.report(false);
-            if n < bs {
+            if n < CHUNK_BYTES {
                 break;
             }
         }
-        self.flush(&mut run, &mut runs, full)?;
+        match pipe.slots.back_mut() {
+            Some(s) if chunks > 0 => s.last = true,
+            _ => pipe.slots.push_back(Slot { reply: None, last: true }),
+        }
+        pipe.files.back_mut().expect("pushed above").tail =
+            Some(FileTail { meta, read_start, size, blake3: *whole.finalize().as_bytes() });
         self.stats.files_read += 1;
-        let content = match parent {
-            Some(p) if runs.is_empty() && p.block_hashes.len() == hashes.len() => FileContent::Unchanged,
-            _ => FileContent::Stored(runs),
+        Ok(true)
+    }
+
+    /// Waits for the oldest chunk, writes its runs into the packs and, after
+    /// a file's last chunk, completes the file's entry.
+    fn consume_oldest(&mut self, entries: &mut [Option<Entry>], pipe: &mut Pipeline<'_>) -> Result<(), DeltaError> {
+        let Some(slot) = pipe.slots.pop_front() else { return Ok(()) };
+        let file = pipe.files.front_mut().expect("a slot belongs to a file in flight");
+        if let Some(rx) = slot.reply {
+            let done = rx
+                .recv()
+                .map_err(|_| io::Error::other("hashing thread stopped"))
+                .and_then(|r| r.map_err(io::Error::other))
+                .map_err(|e| DeltaError::io(&file.path, "hashing and compressing", e))?;
+            self.stats.blocks_stored += done.blocks_stored;
+            self.stats.zero_blocks += done.zero_blocks;
+            self.stats.blocks_unchanged += done.blocks_unchanged;
+            file.hashes.extend_from_slice(&done.hashes);
+            for r in done.runs {
+                let Some((bytes, compression)) = r.payload else {
+                    // Zero runs cut at a chunk boundary join up again.
+                    if let Some(prev) = file.runs.last_mut()
+                        && prev.compression == Compression::Zero
+                        && prev.first_block + prev.count == r.first_block
+                    {
+                        prev.count += r.count;
+                        prev.raw_len += r.raw_len;
+                        continue;
+                    }
+                    file.runs.push(BlockRun {
+                        first_block: r.first_block,
+                        count: r.count,
+                        pack: 0,
+                        offset: 0,
+                        stored_len: 0,
+                        raw_len: r.raw_len,
+                        compression: Compression::Zero,
+                    });
+                    continue;
+                };
+                let (pack, offset) = self.packs.append(&bytes)?;
+                file.runs.push(BlockRun {
+                    first_block: r.first_block,
+                    count: r.count,
+                    pack,
+                    offset,
+                    stored_len: bytes.len() as u64,
+                    raw_len: r.raw_len,
+                    compression,
+                });
+            }
+        }
+        if !slot.last {
+            return Ok(());
+        }
+        let file = pipe.files.pop_front().expect("checked above");
+        let tail = file.tail.expect("a file's last slot is queued after its tail is set");
+        let content = match file.parent {
+            Some(p) if file.runs.is_empty() && p.block_hashes.len() == file.hashes.len() => FileContent::Unchanged,
+            _ => FileContent::Stored(file.runs),
         };
-        let mut ctime = ctime_of(&meta);
-        let racy_from = read_start
+        let meta = &tail.meta;
+        let mut ctime = ctime_of(meta);
+        let racy_from = tail
+            .read_start
             .checked_sub(RACY_WINDOW)
             .unwrap_or(UNIX_EPOCH)
             .duration_since(UNIX_EPOCH)
@@ -430,69 +689,23 @@ impl Backup<'_, '_> {
         if (ctime.sec, ctime.nsec) >= racy_from {
             ctime = Timestamp { sec: 0, nsec: 0 };
         }
-        Ok(Some(Entry {
-            path: rel.to_string(),
+        entries[file.pos] = Some(Entry {
+            path: file.rel,
             kind: EntryKind::File(FileEntry {
-                size,
+                size: tail.size,
                 inode: meta.ino(),
                 ctime,
-                blake3: *whole.finalize().as_bytes(),
-                block_hashes: hashes,
+                blake3: tail.blake3,
+                block_hashes: file.hashes,
                 content,
             }),
             mode: meta.mode() & 0o7777,
-            mtime: mtime_of(&meta),
+            mtime: mtime_of(meta),
             uid: meta.uid(),
             gid: meta.gid(),
-        }))
-    }
-
-    fn flush(&mut self, run: &mut RunBuf, runs: &mut Vec<BlockRun>, full: &Path) -> Result<(), DeltaError> {
-        if run.count == 0 {
-            return Ok(());
-        }
-        if run.zero {
-            runs.push(BlockRun {
-                first_block: run.first,
-                count: run.count,
-                pack: 0,
-                offset: 0,
-                stored_len: 0,
-                raw_len: run.zero_len,
-                compression: Compression::Zero,
-            });
-        } else {
-            let compressed = self.compressor.compress(&run.data).map_err(|e| DeltaError::io(full, "compressing", e))?;
-            let (bytes, compression) = if compressed.len() < run.data.len() {
-                (&compressed[..], Compression::Zstd)
-            } else {
-                (&run.data[..], Compression::Raw)
-            };
-            let (pack, offset) = self.packs.append(bytes)?;
-            runs.push(BlockRun {
-                first_block: run.first,
-                count: run.count,
-                pack,
-                offset,
-                stored_len: bytes.len() as u64,
-                raw_len: run.data.len() as u64,
-                compression,
-            });
-        }
-        run.count = 0;
-        run.zero_len = 0;
-        run.data.clear();
+        });
         Ok(())
     }
-}
-
-#[derive(Default)]
-struct RunBuf {
-    first: u64,
-    count: u64,
-    zero: bool,
-    zero_len: u64,
-    data: Vec<u8>,
 }
 
 /// The parent's file at `path` and the entry carrying its metadata,

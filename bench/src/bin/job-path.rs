@@ -1,5 +1,372 @@
-//! Job-path benchmark (issue 3): not written yet.
+//! Job-path benchmark (issue 3): what one job costs, through the real service.
+//!
+//! Starts `cairn-api` and two `cairn-worker` processes (release builds) on a
+//! database, queue prefix and data directory of their own, registers empty
+//! volume instances and measures, in one run:
+//! - idle latency: sequential backups, each submitted over HTTP and polled
+//!   in the database until `COMPLETED` (a tight query every 0.5 ms); both the
+//!   latency seen by the client and the one in the rows' timestamps
+//!   (`updated - created`, as the Celery peer measures it);
+//! - a burst of backups submitted by concurrent HTTP clients: the API's
+//!   submit latency during the burst and end-to-end jobs/s (first `created`
+//!   to last `updated`, from the rows);
+//! - database commits per job (`pg_stat_database.xact_commit`), with this
+//!   program's own queries and the idle service's background commits taken
+//!   out;
+//! - `pgbench -N` tps on the same PostgreSQL, and optionally the Celery peer.
+//!
+//! Why many instances: the rule "at most one BUILDING backup per instance"
+//! serializes an instance's backups (each waits for the previous one to end
+//! and is then re-enqueued), so 2,000 backups of one instance measure the
+//! rule, not the job path. The issue asks for the overhead of a job, so the
+//! burst spreads its backups over `--instances` empty volumes (default: one
+//! backup per instance); `--instances 200` measures 200 × 10 with the rule
+//! in play.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the job-path benchmark is not written yet")
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cairn_bench::*;
+use clap::Parser;
+use futures::StreamExt;
+
+#[derive(Parser, Debug)]
+#[command(about = "cairn job-path benchmark: idle latency, burst throughput, commits per job, pgbench -N")]
+struct Args {
+    /// Runs; figures are medians over runs.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Backups in the burst.
+    #[arg(long, default_value_t = 2000)]
+    burst: usize,
+    /// Instances the burst's backups are spread over (round robin).
+    #[arg(long, default_value_t = 2000)]
+    instances: usize,
+    /// HTTP submissions in flight during the burst.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Sequential backups for the idle latency, per run.
+    #[arg(long, default_value_t = 100)]
+    idle: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// CAIRN_WORKER_CONCURRENCY of each worker (default: the service's).
+    #[arg(long)]
+    worker_concurrency: Option<usize>,
+    /// CAIRN_LOG of the service.
+    #[arg(long, default_value = "info")]
+    log: String,
+    /// Skip pgbench.
+    #[arg(long)]
+    no_pgbench: bool,
+    /// A copy of /work/shared/peers/celery (after its setup.sh): run its
+    /// `best` configuration in the same run.
+    #[arg(long)]
+    celery_dir: Option<PathBuf>,
+    /// Where the service's data directory goes.
+    #[arg(long, default_value = "/var/tmp/cairn-bench/job-path")]
+    work_dir: PathBuf,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RunFigures {
+    idle_client_p50_ms: f64,
+    idle_client_p99_ms: f64,
+    idle_db_p50_ms: f64,
+    idle_db_p99_ms: f64,
+    submit_p50_ms: f64,
+    submit_p99_ms: f64,
+    submit_rate: f64,
+    e2e_jobs_per_s: f64,
+    burst_db_p50_ms: f64,
+    burst_db_p99_ms: f64,
+    commits_per_job: f64,
+    pgbench_tps: f64,
+    celery_jobs_per_s: f64,
+    celery_p50_ms: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = chrono::Utc::now();
+    let _ = std::fs::remove_dir_all(&args.work_dir);
+    std::fs::create_dir_all(&args.work_dir)?;
+    let opts = ServiceOptions {
+        workers: args.workers,
+        worker_concurrency: args.worker_concurrency,
+        log: args.log.clone(),
+        extra_volume_root: None,
+    };
+    let mut svc = Service::start(args.work_dir.clone(), &opts).await?;
+    eprintln!("service up at {}; registering {} instances", svc.base, args.instances.max(1));
+    let mut instances = Vec::new();
+    for i in 0..args.instances.max(1) {
+        let dir = svc.data_dir.join("volumes").join(format!("empty-{i}"));
+        instances.push(svc.register(&format!("empty-{i}"), &dir).await?);
+    }
+    let idle_instance = svc.register("idle", &svc.data_dir.join("volumes").join("idle")).await?;
+
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let mut f = RunFigures::default();
+        if !args.no_pgbench {
+            f.pgbench_tps = pgbench_tps().context("pgbench")?;
+            eprintln!("run {run}: pgbench -N {:.0} tps", f.pgbench_tps);
+        }
+        if let Some(dir) = &args.celery_dir {
+            (f.celery_jobs_per_s, f.celery_p50_ms) = celery(dir).context("celery peer")?;
+            eprintln!("run {run}: celery {:.0} jobs/s, p50 {:.1} ms", f.celery_jobs_per_s, f.celery_p50_ms);
+        }
+        idle_latency(&mut svc, &idle_instance, run, args.idle, &mut f).await?;
+        eprintln!("run {run}: idle p50 {:.2} ms (rows {:.2} ms)", f.idle_client_p50_ms, f.idle_db_p50_ms);
+        burst(&mut svc, &instances, run, &args, &mut f).await?;
+        eprintln!(
+            "run {run}: burst {:.0} jobs/s, submit p99 {:.1} ms, {:.2} commits/job",
+            f.e2e_jobs_per_s, f.submit_p99_ms, f.commits_per_job
+        );
+        runs.push(f);
+    }
+    drop(svc);
+
+    let med = |get: fn(&RunFigures) -> f64| median(&runs.iter().map(get).collect::<Vec<_>>());
+    let each =
+        |get: fn(&RunFigures) -> f64| runs.iter().map(|r| format!("{:.2}", get(r))).collect::<Vec<_>>().join(" ");
+    let mut t = Table::new(&["figure", "median", "runs", "target", "median / target"]);
+    let mut row = |name: &str, get: fn(&RunFigures) -> f64, target: Option<f64>, higher_better: bool| {
+        let m = med(get);
+        let (tgt, ratio) = match target {
+            Some(x) => (
+                format!("{} {x}", if higher_better { ">=" } else { "<" }),
+                format!("{:.2}{}", m / x, if (m >= x) == higher_better { " ok" } else { " MISSED" }),
+            ),
+            None => (String::new(), String::new()),
+        };
+        t.row(vec![name.into(), f2(m), each(get), tgt, ratio]);
+    };
+    row("idle submit->COMPLETED p50, ms (client, 0.5 ms poll)", |r| r.idle_client_p50_ms, Some(5.0), false);
+    row("idle submit->COMPLETED p99, ms (client)", |r| r.idle_client_p99_ms, None, false);
+    row("idle created->COMPLETED p50, ms (row timestamps)", |r| r.idle_db_p50_ms, None, false);
+    row("idle created->COMPLETED p99, ms (row timestamps)", |r| r.idle_db_p99_ms, None, false);
+    row("burst: API submit p50, ms", |r| r.submit_p50_ms, None, false);
+    row("burst: API submit p99, ms", |r| r.submit_p99_ms, Some(20.0), false);
+    row("burst: submissions/s", |r| r.submit_rate, None, true);
+    row("burst: end-to-end jobs/s", |r| r.e2e_jobs_per_s, Some(700.0), true);
+    row("burst: created->COMPLETED p50, ms", |r| r.burst_db_p50_ms, None, false);
+    row("burst: created->COMPLETED p99, ms", |r| r.burst_db_p99_ms, None, false);
+    row("database commits per job", |r| r.commits_per_job, None, false);
+    if !args.no_pgbench {
+        row("pgbench -N tps (-c 4 -j 2 -T 10)", |r| r.pgbench_tps, None, true);
+        row("pgbench -N tps / commits per job (jobs/s bound)", |r| r.pgbench_tps / r.commits_per_job, None, true);
+        row(
+            "cairn jobs/s / (pgbench tps / commits per job)",
+            |r| r.e2e_jobs_per_s / (r.pgbench_tps / r.commits_per_job),
+            None,
+            true,
+        );
+    }
+    if args.celery_dir.is_some() {
+        row("celery peer (best): end-to-end jobs/s", |r| r.celery_jobs_per_s, None, true);
+        row("celery peer (best): p50 latency, ms", |r| r.celery_p50_ms, None, false);
+        row("cairn jobs/s / celery jobs/s", |r| r.e2e_jobs_per_s / r.celery_jobs_per_s, None, true);
+    }
+    println!(
+        "cairn job-path benchmark, {} UTC, {}; {} runs; burst {} backups over {} instances, {} clients in flight; {} workers",
+        started.format("%Y-%m-%d %H:%M"),
+        machine(),
+        args.runs,
+        args.burst,
+        args.instances,
+        args.clients,
+        args.workers
+    );
+    print!("{}", t.render());
+    Ok(())
+}
+
+/// Sequential backups of one empty instance: submit, then poll the row.
+async fn idle_latency(
+    svc: &mut Service,
+    instance: &str,
+    run: usize,
+    n: usize,
+    f: &mut RunFigures,
+) -> anyhow::Result<()> {
+    let mut client_ms = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        let id = svc.submit_backup(instance, &format!("idle-{run}-{i}"), None).await?;
+        loop {
+            let done = svc
+                .query_i64(&format!(
+                    "SELECT CASE status WHEN 'COMPLETED' THEN 1 WHEN 'FAILED' THEN 2 ELSE 0 END::int8 AS n \
+                       FROM backups WHERE id = '{id}'"
+                ))
+                .await?;
+            match done {
+                1 => break,
+                2 => bail!("idle backup {id} FAILED"),
+                _ => tokio::time::sleep(Duration::from_micros(500)).await,
+            }
+        }
+        client_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let db_ms = query_f64s(
+        &svc.db,
+        &format!(
+            "SELECT (extract(epoch FROM updated - created) * 1000)::float8 AS x FROM backups \
+              WHERE name LIKE 'idle-{run}-%' AND status = 'COMPLETED'"
+        ),
+    )
+    .await?;
+    svc.own_queries += 1;
+    f.idle_client_p50_ms = percentile(&client_ms, 50.0);
+    f.idle_client_p99_ms = percentile(&client_ms, 99.0);
+    f.idle_db_p50_ms = percentile(&db_ms, 50.0);
+    f.idle_db_p99_ms = percentile(&db_ms, 99.0);
+    Ok(())
+}
+
+/// `xact_commit` of the service's database, read from the `postgres`
+/// database (so the read is not itself counted).
+async fn commits(admin: &sea_orm::DatabaseConnection, db: &str) -> anyhow::Result<i64> {
+    query_i64(admin, &format!("SELECT xact_commit AS n FROM pg_stat_database WHERE datname = '{db}'")).await
+}
+
+/// Backends flush their statistics at most once a second and, when idle,
+/// up to 10 s later: wait that long before reading a counter.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+
+async fn burst(
+    svc: &mut Service,
+    instances: &[String],
+    run: usize,
+    args: &Args,
+    f: &mut RunFigures,
+) -> anyhow::Result<()> {
+    let admin = sea_orm::Database::connect(format!("{PG_BASE}/postgres")).await?;
+    // The idle service commits too (sweeper, relay): measure its rate over a
+    // quiet window, to take it out of the burst's count.
+    tokio::time::sleep(STATS_SETTLE).await;
+    let q0 = commits(&admin, &svc.db_name).await?;
+    let own0 = svc.own_queries;
+    let tq = Instant::now();
+    tokio::time::sleep(STATS_SETTLE).await;
+    let c0 = commits(&admin, &svc.db_name).await?;
+    let background_per_s = (c0 - q0) as f64 / tq.elapsed().as_secs_f64();
+    let own_before = svc.own_queries;
+    debug_assert_eq!(own0, own_before);
+    let tc = Instant::now();
+
+    let t0 = Instant::now();
+    let client = svc.client.clone();
+    let base = svc.base.clone();
+    let latencies: Vec<anyhow::Result<f64>> = futures::stream::iter(0..args.burst)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            let instance = instances[i % instances.len()].clone();
+            async move {
+                let t = Instant::now();
+                submit_backup(&client, &base, &instance, &format!("burst-{run}-{i}"), None).await?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            }
+        })
+        .buffer_unordered(args.clients)
+        .collect()
+        .await;
+    let submit_secs = t0.elapsed().as_secs_f64();
+    let latencies = latencies.into_iter().collect::<anyhow::Result<Vec<f64>>>()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = svc
+            .query_i64(&format!(
+                "SELECT count(*) FILTER (WHERE status IN ('COMPLETED', 'FAILED')) AS n FROM backups \
+                  WHERE name LIKE 'burst-{run}-%'"
+            ))
+            .await?;
+        if n as usize >= args.burst {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("burst {run}: only {n} of {} backups ended after 600 s", args.burst);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failed = svc
+        .query_i64(&format!("SELECT count(*) AS n FROM backups WHERE name LIKE 'burst-{run}-%' AND status = 'FAILED'"))
+        .await?;
+    if failed > 0 {
+        bail!("burst {run}: {failed} backups FAILED");
+    }
+    let span = query_f64s(
+        &svc.db,
+        &format!(
+            "SELECT extract(epoch FROM max(updated) - min(created))::float8 AS x FROM backups WHERE name LIKE 'burst-{run}-%'"
+        ),
+    )
+    .await?;
+    let lat = query_f64s(
+        &svc.db,
+        &format!(
+            "SELECT (extract(epoch FROM updated - created) * 1000)::float8 AS x FROM backups WHERE name LIKE 'burst-{run}-%'"
+        ),
+    )
+    .await?;
+    svc.own_queries += 2;
+    tokio::time::sleep(STATS_SETTLE).await;
+    let c1 = commits(&admin, &svc.db_name).await?;
+    let own = (svc.own_queries - own_before) as f64;
+    let background = background_per_s * tc.elapsed().as_secs_f64();
+    f.commits_per_job = ((c1 - c0) as f64 - own - background) / args.burst as f64;
+    f.submit_p50_ms = percentile(&latencies, 50.0);
+    f.submit_p99_ms = percentile(&latencies, 99.0);
+    f.submit_rate = args.burst as f64 / submit_secs;
+    f.e2e_jobs_per_s = args.burst as f64 / span[0];
+    f.burst_db_p50_ms = percentile(&lat, 50.0);
+    f.burst_db_p99_ms = percentile(&lat, 99.0);
+    Ok(())
+}
+
+/// `pgbench -N -T 10 -c 4 -j 2` on a scratch database of the same server.
+fn pgbench_tps() -> anyhow::Result<f64> {
+    let db = format!("cairn_bench_pgbench_{}", uuid::Uuid::new_v4().simple());
+    let pg = ["-h", "127.0.0.1", "-U", "postgres"];
+    run(Command::new("createdb").args(pg).arg(&db))?;
+    let result = (|| {
+        run(Command::new("pgbench").args(pg).args(["-i", "-q", "-s", "10", &db]))?;
+        let out = run(Command::new("pgbench").args(pg).args(["-N", "-T", "10", "-c", "4", "-j", "2", &db]))?;
+        out.lines()
+            .find(|l| l.starts_with("tps = "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|x| x.parse::<f64>().ok())
+            .with_context(|| format!("no tps in pgbench output: {out}"))
+    })();
+    let _ = run(Command::new("dropdb").args(pg).args(["--force", &db]));
+    result
+}
+
+/// One run of the Celery peer's `best` configuration: (jobs/s, p50 ms).
+fn celery(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    let out = run(Command::new(dir.join("venv/bin/python")).current_dir(dir).args([
+        "bench.py",
+        "--name",
+        "best",
+        "--pool",
+        "threads",
+        "-c",
+        "4",
+        "--prefetch",
+        "4",
+        "--acks-late",
+        "1",
+        "--runs",
+        "1",
+    ]))?;
+    let last = out.lines().rev().find(|l| l.starts_with('{')).context("no summary from the Celery peer")?;
+    let v: serde_json::Value = serde_json::from_str(last)?;
+    Ok((v["e2e_jobs_per_s"].as_f64().context("e2e_jobs_per_s")?, v["lat_p50_ms"].as_f64().context("lat_p50_ms")?))
 }

@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod openapi;
 mod openstack_client;
+mod progress;
 mod quotas;
 mod rules;
 mod scale_out;
