@@ -219,6 +219,8 @@ struct ChunkJob<'m> {
 
 /// What a worker made of a chunk.
 struct ChunkDone {
+    /// The chunk as read: raw runs are written from it, not copied.
+    data: Vec<u8>,
     hashes: Vec<BlockHash>,
     runs: Vec<PreparedRun>,
     blocks_stored: u64,
@@ -232,7 +234,14 @@ struct PreparedRun {
     count: u64,
     raw_len: u64,
     /// `None` for a run of zero blocks (nothing stored).
-    payload: Option<(Vec<u8>, Compression)>,
+    payload: Option<Payload>,
+}
+
+/// The bytes a run stores.
+enum Payload {
+    Zstd(Vec<u8>),
+    /// Incompressible: this range of the chunk's data, stored as it is.
+    Raw(std::ops::Range<usize>),
 }
 
 /// A file being read, in the order files are read; its entry is completed
@@ -285,54 +294,54 @@ fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, block_size: usize, z
                 Err(_) => return,
             }
         };
+        let ChunkJob { data, first_block, parent_hashes, reply } = job;
         let result = match compressor.as_mut() {
-            Some(c) => prepare_chunk(&job, block_size, c, zero_hash),
+            Some(c) => prepare_chunk(data, first_block, parent_hashes, block_size, c, zero_hash),
             None => Err(format!("zstd level {zstd_level} rejected")),
         };
         // The reader may have stopped on an error: nobody waits then.
-        let _ = job.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 
 fn prepare_chunk(
-    job: &ChunkJob<'_>,
+    data: Vec<u8>,
+    first_block: u64,
+    parent_hashes: Option<&[BlockHash]>,
     bs: usize,
     compressor: &mut zstd::bulk::Compressor<'static>,
     zero_hash: BlockHash,
 ) -> Result<ChunkDone, String> {
     let mut done = ChunkDone {
-        hashes: Vec::with_capacity(job.data.len().div_ceil(bs)),
+        data: Vec::new(),
+        hashes: Vec::with_capacity(data.len().div_ceil(bs)),
         runs: Vec::new(),
         blocks_stored: 0,
         zero_blocks: 0,
         blocks_unchanged: 0,
     };
-    // Current run: (first block, count, zero, byte range in job.data)
+    // Current run: (first block, count, zero, byte range in data)
     let mut run: Option<(u64, u64, bool, usize, usize)> = None;
     let mut close = |run: &mut Option<(u64, u64, bool, usize, usize)>, runs: &mut Vec<PreparedRun>| {
         let Some((first, count, zero, from, to)) = run.take() else { return Ok(()) };
         let payload = if zero {
             None
         } else {
-            let raw = &job.data[from..to];
+            let raw = &data[from..to];
             let compressed = compressor.compress(raw).map_err(|e| format!("compressing: {e}"))?;
-            Some(if compressed.len() < raw.len() {
-                (compressed, Compression::Zstd)
-            } else {
-                (raw.to_vec(), Compression::Raw)
-            })
+            Some(if compressed.len() < raw.len() { Payload::Zstd(compressed) } else { Payload::Raw(from..to) })
         };
         runs.push(PreparedRun { first_block: first, count, raw_len: (to - from) as u64, payload });
         Ok::<(), String>(())
     };
-    for (i, block) in job.data.chunks(bs).enumerate() {
-        let index = job.first_block + i as u64;
+    for (i, block) in data.chunks(bs).enumerate() {
+        let index = first_block + i as u64;
         let zero = is_zero(block);
         let h = if zero && block.len() == bs { zero_hash } else { block_hash(block) };
         done.hashes.push(h);
         let from = i * bs;
         let to = from + block.len();
-        if job.parent_hashes.and_then(|p| p.get(index as usize)) == Some(&h) {
+        if parent_hashes.and_then(|p| p.get(index as usize)) == Some(&h) {
             done.blocks_unchanged += 1;
             close(&mut run, &mut done.runs)?;
             continue;
@@ -354,6 +363,7 @@ fn prepare_chunk(
         }
     }
     close(&mut run, &mut done.runs)?;
+    done.data = data;
     Ok(done)
 }
 
@@ -635,7 +645,7 @@ impl<'a> Backup<'a, '_> {
             self.stats.blocks_unchanged += done.blocks_unchanged;
             file.hashes.extend_from_slice(&done.hashes);
             for r in done.runs {
-                let Some((bytes, compression)) = r.payload else {
+                let Some(payload) = r.payload else {
                     // Zero runs cut at a chunk boundary join up again.
                     if let Some(prev) = file.runs.last_mut()
                         && prev.compression == Compression::Zero
@@ -656,7 +666,11 @@ impl<'a> Backup<'a, '_> {
                     });
                     continue;
                 };
-                let (pack, offset) = self.packs.append(&bytes)?;
+                let (bytes, compression) = match &payload {
+                    Payload::Zstd(z) => (&z[..], Compression::Zstd),
+                    Payload::Raw(range) => (&done.data[range.clone()], Compression::Raw),
+                };
+                let (pack, offset) = self.packs.append(bytes)?;
                 file.runs.push(BlockRun {
                     first_block: r.first_block,
                     count: r.count,
