@@ -63,11 +63,19 @@ pub struct ServiceOptions {
     pub log: String,
     /// Extra volume root (the data sets live outside the data directory).
     pub extra_volume_root: Option<PathBuf>,
+    /// `CAIRN_BLOCK_SIZE` in KiB; `None` = the service's default.
+    pub block_size_kib: Option<u32>,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        ServiceOptions { workers: 2, worker_concurrency: None, log: "info".into(), extra_volume_root: None }
+        ServiceOptions {
+            workers: 2,
+            worker_concurrency: None,
+            log: "info".into(),
+            extra_volume_root: None,
+            block_size_kib: None,
+        }
     }
 }
 
@@ -102,6 +110,9 @@ impl Service {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
+            if let Some(kib) = opts.block_size_kib {
+                cmd.env("CAIRN_BLOCK_SIZE", kib.to_string());
+            }
             if let Some(c) = opts.worker_concurrency {
                 cmd.env("CAIRN_WORKER_CONCURRENCY", c.to_string());
             }

@@ -48,6 +48,11 @@ pub struct Config {
     /// (`CAIRN_BACKUP_READ_LIMIT`, in MiB/s; unset = unlimited), so that a
     /// backup does not starve the database it copies.
     pub backup_read_limit: Option<u64>,
+    /// Block size of new full backups, in bytes (`CAIRN_BLOCK_SIZE`, in KiB:
+    /// a power of two from 4 to 1024; default 16). The unit of change of
+    /// an incremental: smaller blocks store less of a scattered write and
+    /// make larger manifests. Incrementals keep their chain's block size.
+    pub block_size: u32,
     /// Key file for encryption at rest (`CAIRN_ENCRYPTION_KEY_FILE`; unset =
     /// objects are stored in plaintext). One `<key-id> <key>` per line, the
     /// key as 64 hex digits or base64 of 32 bytes; the first line's key
@@ -151,6 +156,14 @@ impl Config {
             ),
             None => None,
         };
+        let block_size = match var("CAIRN_BLOCK_SIZE") {
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .and_then(|kib| kib.checked_mul(1024))
+                .with_context(|| format!("CAIRN_BLOCK_SIZE={v:?} is not a number of KiB"))?,
+            None => cairn_delta::BackupOptions::default().block_size,
+        };
         let auth = var("CAIRN_AUTH").map_or(Ok(AuthMode::Token), |a| a.parse())?;
         let quota_backups = match var("CAIRN_QUOTA_BACKUPS").as_deref() {
             None => Some(50),
@@ -183,6 +196,7 @@ impl Config {
             max_attempts,
             shutdown_grace,
             backup_read_limit,
+            block_size,
             encryption_key_file: var("CAIRN_ENCRYPTION_KEY_FILE").map(PathBuf::from),
             worker_id: var("CAIRN_WORKER_ID").unwrap_or_else(default_worker_id),
             data_dir,
@@ -193,6 +207,15 @@ impl Config {
 
     /// Checks what `from_env` cannot express in types.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let (min, max) = (cairn_delta::MIN_BLOCK_SIZE, cairn_delta::MAX_BLOCK_SIZE);
+        if !self.block_size.is_power_of_two() || !(min..=max).contains(&self.block_size) {
+            bail!(
+                "CAIRN_BLOCK_SIZE={} KiB must be a power of two from {} to {} KiB",
+                self.block_size / 1024,
+                min / 1024,
+                max / 1024
+            );
+        }
         if self.queue_prefix.is_empty()
             || !self.queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {

@@ -77,6 +77,8 @@ pub struct AppOptions {
     pub shutdown_grace: Option<Duration>,
     /// Backups read at most this many MiB/s (`CAIRN_BACKUP_READ_LIMIT`).
     pub backup_read_limit_mib: Option<u64>,
+    /// Block size of full backups in KiB (`CAIRN_BLOCK_SIZE`).
+    pub block_size_kib: Option<u32>,
     /// Most backups per project. Default: 50, Trove's and cairn's default.
     pub quota_backups: Option<u64>,
     /// Most stored bytes per project. Default: unlimited.
@@ -120,6 +122,12 @@ impl AppOptions {
         self
     }
 
+    /// Full backups cut files into blocks of `kib` KiB.
+    pub fn block_size_kib(mut self, kib: u32) -> Self {
+        self.block_size_kib = Some(kib);
+        self
+    }
+
     /// A project may hold at most `backups` backups.
     pub fn quota_backups(mut self, backups: u64) -> Self {
         self.quota_backups = Some(backups);
@@ -158,6 +166,7 @@ pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
         max_attempts: options.max_attempts.unwrap_or(3),
         shutdown_grace: options.shutdown_grace.unwrap_or(Duration::from_secs(5)),
         backup_read_limit: options.backup_read_limit_mib.map(|mib| mib << 20),
+        block_size: options.block_size_kib.map_or(cairn_delta::BackupOptions::default().block_size, |kib| kib << 10),
         encryption_key_file: options.encryption_key_file,
         worker_id: "test-api".into(),
         data_dir: dir,
@@ -241,6 +250,7 @@ impl TestApp {
             .env("CAIRN_MAX_ATTEMPTS", c.max_attempts.to_string())
             .env("CAIRN_SHUTDOWN_GRACE_SECONDS", secs(c.shutdown_grace))
             .env("CAIRN_BACKUP_READ_LIMIT", c.backup_read_limit.map_or(String::new(), |b| (b >> 20).to_string()))
+            .env("CAIRN_BLOCK_SIZE", (c.block_size / 1024).to_string())
             .env("CAIRN_ENCRYPTION_KEY_FILE", c.encryption_key_file.as_deref().unwrap_or(Path::new("")))
             .env("CAIRN_LOG", "info")
             .stdout(Stdio::null())

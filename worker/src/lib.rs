@@ -45,7 +45,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let nudge = Nudge::default();
     let ctx = Arc::new(JobContext {
         db: db.clone(),
-        datastores: Datastores::new(store.clone(), config.staging_dir(), config.backup_read_limit),
+        datastores: Datastores::new(
+            store.clone(),
+            config.staging_dir(),
+            cairn_delta::BackupOptions {
+                block_size: config.block_size,
+                read_limit: config.backup_read_limit,
+                ..cairn_delta::BackupOptions::default()
+            },
+        ),
         store,
         config: config.clone(),
         nudge: nudge.clone(),

@@ -60,6 +60,10 @@ struct Args {
     /// Port of the private PostgreSQL that makes and changes data set 1.
     #[arg(long, default_value_t = 55441)]
     pg_port: u16,
+    /// cairn's block size in KiB (`CAIRN_BLOCK_SIZE`); the service's
+    /// default when not given.
+    #[arg(long)]
+    block_size: Option<u32>,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -102,12 +106,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "cairn data-path benchmark, {} UTC, {}, scale {:?}, {} run(s); times in s, sizes in MiB; \
-         ratios are per run, then the median",
+        "cairn data-path benchmark, {} UTC, {}, scale {:?}, {} run(s), cairn block size {}; times in s, \
+         sizes in MiB; ratios are per run, then the median",
         started.format("%Y-%m-%d %H:%M"),
         machine(),
         args.scale,
-        args.runs
+        args.runs,
+        args.block_size.map_or("default (16 KiB)".to_owned(), |k| format!("{k} KiB"))
     );
     let mut t = Table::new(&["figure", "median", "runs", "target", "verdict"]);
     let names: Vec<String> = runs[0].0.iter().map(|(n, _)| n.clone()).collect();
@@ -277,10 +282,14 @@ struct Cairn {
 }
 
 impl Cairn {
-    async fn start(work: &Path, volume: &Path, name: &str) -> anyhow::Result<Cairn> {
-        let data = work.join(format!("cairn-{name}"));
+    async fn start(args: &Args, volume: &Path, name: &str) -> anyhow::Result<Cairn> {
+        let data = args.work_dir.join(format!("cairn-{name}"));
         reset_dir(&data)?;
-        let opts = ServiceOptions { extra_volume_root: volume.parent().map(Path::to_path_buf), ..Default::default() };
+        let opts = ServiceOptions {
+            extra_volume_root: volume.parent().map(Path::to_path_buf),
+            block_size_kib: args.block_size,
+            ..Default::default()
+        };
         let svc = Service::start(data, &opts).await?;
         let instance = svc.register(name, volume).await?;
         Ok(Cairn { svc, instance })
@@ -495,7 +504,7 @@ async fn pg_data_set(args: &Args, f: &mut Figures) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&vol)?;
     }
     run(Command::new("cp").arg("-a").arg(&base).arg(&vol))?;
-    let cairn = Cairn::start(&args.work_dir, &vol, "pg").await?;
+    let cairn = Cairn::start(args, &vol, "pg").await?;
     let peers = Peers::init(args.work_dir.join("peers-pg"), vol.clone())?;
     let mut last = full_round("pg", &cairn, &peers, f).await?;
     for k in 1..=args.rounds {
@@ -556,7 +565,7 @@ async fn random_data_set(args: &Args, f: &mut Figures) -> anyhow::Result<()> {
         write_random(&vol.join(format!("f{i:03}")), RANDOM_FILE, &format!("file-{i}"))?;
     }
     sync()?;
-    let cairn = Cairn::start(&args.work_dir, &vol, "random").await?;
+    let cairn = Cairn::start(args, &vol, "random").await?;
     let peers = Peers::init(args.work_dir.join("peers-random"), vol.clone())?;
     let mut last = full_round("random", &cairn, &peers, f).await?;
     for k in 1..=args.rounds {

@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         workers: args.workers,
         worker_concurrency: args.worker_concurrency,
         log: args.log.clone(),
-        extra_volume_root: None,
+        ..ServiceOptions::default()
     };
     let mut svc = Service::start(args.work_dir.clone(), &opts).await?;
     eprintln!("service up at {}; registering {} instances", svc.base, args.instances.max(1));

@@ -109,10 +109,10 @@ pub struct Datastores {
 }
 
 impl Datastores {
-    /// Every served datastore over one artifact store; backups read at
-    /// most `read_limit` bytes per second.
-    pub fn new(store: ArtifactStore, staging_dir: PathBuf, read_limit: Option<u64>) -> Self {
-        Self { volume: Arc::new(VolumeDatastore::new(store, staging_dir, read_limit)) }
+    /// Every served datastore over one artifact store, backing up with
+    /// `options` (block size, read limit).
+    pub fn new(store: ArtifactStore, staging_dir: PathBuf, options: cairn_delta::BackupOptions) -> Self {
+        Self { volume: Arc::new(VolumeDatastore::new(store, staging_dir, options)) }
     }
 
     /// The datastore for `kind`, if served.

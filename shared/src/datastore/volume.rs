@@ -6,7 +6,12 @@
 //! (manifest last, so a manifest never names a pack that is not stored), and
 //! serves a restore's range reads from the object store.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -29,10 +34,10 @@ impl VolumeDatastore {
     /// The version reported by the API: the delta format's.
     pub const VERSION: &'static str = "1";
 
-    /// A datastore storing into `store`, staging under `staging`, reading
-    /// sources at most `read_limit` bytes per second.
-    pub fn new(store: ArtifactStore, staging: PathBuf, read_limit: Option<u64>) -> Self {
-        Self { store, staging, options: BackupOptions { read_limit, ..BackupOptions::default() } }
+    /// A datastore storing into `store`, staging under `staging`, backing
+    /// up with `options`.
+    pub fn new(store: ArtifactStore, staging: PathBuf, options: BackupOptions) -> Self {
+        Self { store, staging, options }
     }
 
     /// Fetches a link's manifest and checks it against the recorded checksum.
@@ -133,11 +138,10 @@ impl Datastore for VolumeDatastore {
         }
         tokio::fs::create_dir(&work).await.with_context(|| format!("cannot create {}", work.display()))?;
 
-        let packs = StorePacks {
-            store: self.store.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            prefixes: req.chain.iter().map(|l| (l.backup_id, l.artifact_prefix.clone())).collect(),
-        };
+        let packs = StorePacks::new(
+            self.store.clone(),
+            req.chain.iter().map(|l| (l.backup_id, l.artifact_prefix.clone())).collect(),
+        );
         let work_dir = work.clone();
         let applied = tokio::task::spawn_blocking(move || {
             cairn_delta::restore_chain(&links, &packs, &work_dir, &mut |step, steps| {
@@ -183,6 +187,32 @@ struct StorePacks {
     store: ArtifactStore,
     runtime: tokio::runtime::Handle,
     prefixes: HashMap<Uuid, String>,
+    /// Plaintext packs of a local store, open once and read with `pread`;
+    /// `None` for a pack read through the store (sealed or remote).
+    local: Mutex<HashMap<String, Option<Arc<std::fs::File>>>>,
+}
+
+impl StorePacks {
+    fn new(store: ArtifactStore, prefixes: HashMap<Uuid, String>) -> Self {
+        Self { store, runtime: tokio::runtime::Handle::current(), prefixes, local: Mutex::default() }
+    }
+
+    /// The open local file of `key`, if it is read with `pread`.
+    fn local_file(&self, key: &str) -> std::io::Result<Option<Arc<std::fs::File>>> {
+        if let Some(known) = self.local.lock().expect("pack file cache lock").get(key) {
+            return Ok(known.clone());
+        }
+        let path = self
+            .runtime
+            .block_on(self.store.local_plaintext_file(key))
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let file = match path {
+            Some(path) => Some(Arc::new(std::fs::File::open(&path)?)),
+            None => None,
+        };
+        self.local.lock().expect("pack file cache lock").insert(key.to_owned(), file.clone());
+        Ok(file)
+    }
 }
 
 impl PackSource for StorePacks {
@@ -192,6 +222,11 @@ impl PackSource for StorePacks {
             .get(&backup_id)
             .ok_or_else(|| std::io::Error::other(format!("backup {backup_id} is not in this chain")))?;
         let key = format!("{prefix}/{pack}");
+        if let Some(file) = self.local_file(&key)? {
+            let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+            file.read_exact_at(&mut buf, offset)?;
+            return Ok(buf);
+        }
         self.runtime
             .block_on(self.store.get_range(&key, offset..offset + len))
             .map(|b| b.to_vec())

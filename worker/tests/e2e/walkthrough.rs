@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use cairn_testkit::{
-    assert_same_tree, snapshot, spawn_app,
+    AppOptions, TestApp, assert_same_tree, snapshot, spawn_app, spawn_app_with,
     trees::{mutate, seed},
 };
 
@@ -13,7 +13,10 @@ use cairn_testkit::{
 /// last, the first and a middle link and compares each to the snapshot taken
 /// when it was backed up.
 async fn chain_restores_exactly(links: usize) {
-    let app = spawn_app(2).await;
+    chain_restores_exactly_in(&spawn_app(2).await, links).await;
+}
+
+async fn chain_restores_exactly_in(app: &TestApp, links: usize) -> Vec<Value> {
     let source = app.volumes().join("guest1");
     std::fs::create_dir_all(&source).unwrap();
     seed(&source, links as u64);
@@ -52,6 +55,7 @@ async fn chain_restores_exactly(links: usize) {
         let path = inst["volume"]["path"].as_str().unwrap();
         assert_same_tree(&states[k], std::path::Path::new(path));
     }
+    backups
 }
 
 #[tokio::test]
@@ -67,6 +71,19 @@ async fn chain_of_two_restores_exactly() {
 #[tokio::test]
 async fn chain_of_ten_restores_exactly() {
     chain_restores_exactly(10).await;
+}
+
+/// `CAIRN_BLOCK_SIZE` reaches the format: the manifests of a chain backed
+/// up at 8 KiB (a PostgreSQL page) say so, and the chain restores exactly.
+#[tokio::test]
+async fn a_chain_at_another_block_size_restores_exactly() {
+    let app = spawn_app_with(2, AppOptions::default().block_size_kib(8)).await;
+    for backup in chain_restores_exactly_in(&app, 3).await {
+        let location = backup["locationRef"].as_str().unwrap();
+        let bytes = std::fs::read(location.strip_prefix("file://").unwrap()).unwrap();
+        let manifest = cairn_delta::decode_manifest(&bytes).unwrap();
+        assert_eq!(manifest.header.block_size, 8 << 10, "{backup}");
+    }
 }
 
 /// The guide's flow: backup1.2 is posted right after backup1.1, naming it as
