@@ -126,8 +126,12 @@ async fn record(
     }
     ctx.nudge.wake();
     tracing::info!(bytes = artifact.bytes, checksum = %artifact.checksum, "backup completed");
-    // Objects of earlier, abandoned attempts are never referenced.
-    if let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(attempt_prefix)).await {
+    // Objects of earlier, abandoned attempts are never referenced. The
+    // first attempt has none (every claim numbers a new attempt), so it
+    // skips the listing.
+    if row.attempts > 1
+        && let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(attempt_prefix)).await
+    {
         tracing::warn!(error = %e, "could not remove objects of abandoned attempts");
     }
     Ok(())
