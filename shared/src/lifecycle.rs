@@ -7,6 +7,10 @@
 //! instance:  BUILD ──claim (lease)──▶ BUILD ──▶ ACTIVE | ERROR        (registered: ACTIVE)
 //! ```
 //!
+//! A backup that stored only its manifest goes from `BUILDING` straight to
+//! `COMPLETED` (nothing is left to make durable, so `SAVING` would be a
+//! commit that shows nothing).
+//!
 //! Every move is a single conditional `UPDATE ... WHERE status = <expected>`
 //! (DESIGN.md §4 rule 6). RabbitMQ delivers at least once and two workers may
 //! race for one message; whichever update matches wins, the other sees zero
