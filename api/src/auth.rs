@@ -88,7 +88,7 @@ async fn authorize(
     let invalid =
         || ApiError::Unauthorized("the token in X-Auth-Token is not valid (unknown, wrong or revoked)".into());
     let presented = presented.to_str().map_err(|_| invalid())?;
-    let caller = tokens::authenticate(&state.db, presented.trim()).await?.ok_or_else(invalid)?;
+    let caller = state.tokens.authenticate(&state.db, presented.trim()).await?.ok_or_else(invalid)?;
     if let Some(project) = path_project(path)
         && project != caller.project
         && !caller.admin

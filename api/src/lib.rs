@@ -42,6 +42,8 @@ pub struct AppState {
     pub auth: AuthMode,
     /// Per-project limits on backups.
     pub quotas: quota::Quotas,
+    /// Tokens verified in the last `CAIRN_TOKEN_CACHE_SECONDS`.
+    pub tokens: std::sync::Arc<tokens::TokenCache>,
 }
 
 /// The API's routes over `state`.
@@ -87,6 +89,7 @@ impl Application {
             nudge,
             auth: config.auth,
             quotas: quota::Quotas { backups: config.quota_backups, bytes: config.quota_bytes },
+            tokens: std::sync::Arc::new(tokens::TokenCache::new(config.token_cache)),
         };
         let app = router(state);
         let server = tokio::spawn(async move {

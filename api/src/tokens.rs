@@ -8,6 +8,18 @@
 //! bits of entropy, so a fast hash is enough: there is nothing to brute
 //! force. Hashes are compared with `blake3::Hash`'s `==`, which runs in
 //! constant time, and an unknown id costs the same hash as a known one.
+//!
+//! The API remembers a token it has verified for `CAIRN_TOKEN_CACHE_SECONDS`
+//! (default 5; [`TokenCache`]), so a busy client does not cost a database
+//! round trip per request. The price: a revoked token keeps working for up
+//! to that long in each API process. Only successes are remembered, keyed
+//! by the BLAKE3 hash of the whole presented token, never the token itself.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
@@ -133,6 +145,51 @@ pub async fn authenticate<C: ConnectionTrait>(db: &C, token: &str) -> Result<Opt
         return Ok(None);
     }
     Ok(Some(Caller { token_id: id, project: row.try_get("", "project_id")?, admin: row.try_get("", "admin")? }))
+}
+
+/// Most tokens a [`TokenCache`] holds; when full, expired entries go, and
+/// if none had expired, all of them.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Verified tokens, remembered for a short time.
+#[derive(Debug)]
+pub struct TokenCache {
+    ttl: Duration,
+    verified: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
+}
+
+impl TokenCache {
+    /// A cache that trusts a verification for `ttl` (zero: never).
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, verified: Mutex::new(HashMap::new()) }
+    }
+
+    /// [`authenticate`], answered from memory when the same token was
+    /// verified less than `ttl` ago.
+    pub async fn authenticate<C: ConnectionTrait>(&self, db: &C, token: &str) -> Result<Option<Caller>, DbErr> {
+        if self.ttl.is_zero() {
+            return authenticate(db, token).await;
+        }
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        if let Some((caller, at)) = self.verified.lock().expect("token cache lock").get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(caller.clone()));
+        }
+        let caller = authenticate(db, token).await?;
+        if let Some(caller) = &caller {
+            let mut verified = self.verified.lock().expect("token cache lock");
+            if verified.len() >= CACHE_CAPACITY {
+                let ttl = self.ttl;
+                verified.retain(|_, (_, at)| at.elapsed() < ttl);
+                if verified.len() >= CACHE_CAPACITY {
+                    verified.clear();
+                }
+            }
+            verified.insert(key, (caller.clone(), Instant::now()));
+        }
+        Ok(caller)
+    }
 }
 
 /// Every token (of `project`, if given), oldest first.

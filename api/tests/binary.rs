@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cairn_testkit::{TestApp, client_with_token, spawn_app};
+use cairn_testkit::{AppOptions, TestApp, client_with_token, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -27,7 +27,9 @@ fn run(app: &TestApp, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_commands_create_list_and_revoke() {
-    let app = spawn_app(0).await;
+    // No token cache, so the revocation takes effect at once (with the
+    // default 5 s cache it would within 5 s).
+    let app = spawn_app_with(0, AppOptions::default().token_cache(Duration::ZERO)).await;
     let (code, token, stderr) = run(&app, &["token", "create", "--project", &app.project, "--description", "ci"]);
     assert_eq!(code, 0, "{stderr}");
     let token = token.trim().to_owned();

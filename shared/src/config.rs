@@ -75,6 +75,10 @@ pub struct Config {
     /// number of bytes, or with a K/M/G/T suffix in powers of 1024; default
     /// unlimited). A new backup is refused once the stored bytes reach it.
     pub quota_bytes: Option<u64>,
+    /// How long the API trusts a token it has verified without asking the
+    /// database again (`CAIRN_TOKEN_CACHE_SECONDS`, default 5; 0 turns the
+    /// cache off). A revoked token therefore stops working within this time.
+    pub token_cache: Duration,
 }
 
 /// How the API authenticates requests (`CAIRN_AUTH`).
@@ -179,7 +183,9 @@ impl Config {
                 format!("CAIRN_QUOTA_BYTES={v:?} is not a number of bytes like 1048576 or 500G (or `unlimited`)")
             })?),
         };
+        let token_cache = Duration::from_secs(number("CAIRN_TOKEN_CACHE_SECONDS", 5)?);
         let config = Self {
+            token_cache,
             auth,
             quota_backups,
             quota_bytes,

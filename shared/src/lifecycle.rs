@@ -7,6 +7,10 @@
 //! instance:  BUILD ──claim (lease)──▶ BUILD ──▶ ACTIVE | ERROR        (registered: ACTIVE)
 //! ```
 //!
+//! A backup that stored only its manifest goes from `BUILDING` straight to
+//! `COMPLETED` (nothing is left to make durable, so `SAVING` would be a
+//! commit that shows nothing).
+//!
 //! Every move is a single conditional `UPDATE ... WHERE status = <expected>`
 //! (DESIGN.md §4 rule 6). RabbitMQ delivers at least once and two workers may
 //! race for one message; whichever update matches wins, the other sees zero
@@ -30,7 +34,10 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, TransactionSession, TransactionTrait, Value};
+use sea_orm::{
+    ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, Statement, TransactionSession, TransactionTrait,
+    Value,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -51,7 +58,7 @@ fn lease_secs(lease: Duration) -> Value {
 #[derive(Debug)]
 pub enum BackupClaim {
     /// This worker owns the backup now (status `BUILDING`).
-    Claimed(Box<backup::Model>),
+    Claimed(Box<ClaimedBackup>),
     /// Not runnable yet: its parent is not `COMPLETED`, or another backup of
     /// the instance is running. It is re-enqueued when that one ends.
     Waiting(String),
@@ -59,6 +66,33 @@ pub enum BackupClaim {
     ParentFailed(String),
     /// Nothing to do: the row is gone or past `NEW` (a duplicate message).
     NotRunnable,
+}
+
+/// A claimed backup with what running it needs, read by the claim itself.
+#[derive(Debug)]
+pub struct ClaimedBackup {
+    /// The backup's row after the claim.
+    pub row: backup::Model,
+    /// Its instance, `None` if the row is gone.
+    pub instance: Option<ClaimedInstance>,
+    /// Its parent's artifact, `None` for a full backup or if the parent's
+    /// row is gone.
+    pub parent: Option<ParentArtifact>,
+}
+
+/// The instance fields a backup reads.
+#[derive(Debug)]
+pub struct ClaimedInstance {
+    pub datastore_type: String,
+    pub volume_path: String,
+}
+
+/// The parent fields an incremental backup reads.
+#[derive(Debug)]
+pub struct ParentArtifact {
+    pub id: Uuid,
+    pub checksum: Option<String>,
+    pub artifact_prefix: Option<String>,
 }
 
 /// Claims backup `id` for `worker`: `NEW` → `BUILDING`, or takes over a
@@ -72,22 +106,53 @@ pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
     worker: &str,
     lease: Duration,
 ) -> Result<BackupClaim, DbErr> {
+    // One round trip: the conditional UPDATE, and in the same statement
+    // the instance and parent fields the job needs (read after the claim
+    // matched, from the statement's snapshot; neither can change under a
+    // running backup: a delete is refused while it runs).
     let claim = stmt(
-        r#"UPDATE backups b
-              SET status = CASE WHEN b.status = 'NEW' THEN 'BUILDING' ELSE b.status END,
-                  lease_owner = $2,
-                  lease_expires = now() + make_interval(secs => $3),
-                  attempts = attempts + 1, fail_reason = NULL, updated = now()
-            WHERE b.id = $1
-              AND (b.status = 'NEW'
-                   OR (b.status IN ('BUILDING', 'SAVING') AND b.lease_expires < now()))
-              AND (b.parent_id IS NULL
-                   OR EXISTS (SELECT 1 FROM backups p WHERE p.id = b.parent_id AND p.status = 'COMPLETED'))
-        RETURNING b.*"#,
+        r#"WITH claimed AS (
+               UPDATE backups b
+                  SET status = CASE WHEN b.status = 'NEW' THEN 'BUILDING' ELSE b.status END,
+                      lease_owner = $2,
+                      lease_expires = now() + make_interval(secs => $3),
+                      attempts = attempts + 1, fail_reason = NULL, updated = now()
+                WHERE b.id = $1
+                  AND (b.status = 'NEW'
+                       OR (b.status IN ('BUILDING', 'SAVING') AND b.lease_expires < now()))
+                  AND (b.parent_id IS NULL
+                       OR EXISTS (SELECT 1 FROM backups p WHERE p.id = b.parent_id AND p.status = 'COMPLETED'))
+            RETURNING b.*)
+           SELECT c.*,
+                  i.id AS claim_instance_id, i.datastore_type AS claim_instance_datastore_type,
+                  i.volume_path AS claim_instance_volume_path,
+                  p.id AS claim_parent_id, p.checksum AS claim_parent_checksum,
+                  p.artifact_prefix AS claim_parent_artifact_prefix
+             FROM claimed c
+             LEFT JOIN instances i ON i.id = c.instance_id
+             LEFT JOIN backups p ON p.id = c.parent_id"#,
         vec![id.into(), worker.into(), lease_secs(lease)],
     );
-    match backup::Entity::find().from_raw_sql(claim).one(db).await {
-        Ok(Some(row)) => return Ok(BackupClaim::Claimed(Box::new(row))),
+    match db.query_one_raw(claim).await {
+        Ok(Some(res)) => {
+            let row = backup::Model::from_query_result(&res, "")?;
+            let instance = match res.try_get::<Option<Uuid>>("", "claim_instance_id")? {
+                Some(_) => Some(ClaimedInstance {
+                    datastore_type: res.try_get("", "claim_instance_datastore_type")?,
+                    volume_path: res.try_get("", "claim_instance_volume_path")?,
+                }),
+                None => None,
+            };
+            let parent = match res.try_get::<Option<Uuid>>("", "claim_parent_id")? {
+                Some(pid) => Some(ParentArtifact {
+                    id: pid,
+                    checksum: res.try_get("", "claim_parent_checksum")?,
+                    artifact_prefix: res.try_get("", "claim_parent_artifact_prefix")?,
+                }),
+                None => None,
+            };
+            return Ok(BackupClaim::Claimed(Box::new(ClaimedBackup { row, instance, parent })));
+        }
         Ok(None) => {}
         Err(e) if is_unique_violation(&e) => {
             return Ok(BackupClaim::Waiting("another backup of this instance is running".into()));
@@ -171,24 +236,38 @@ pub struct CompletedArtifact {
     pub location_ref: String,
     /// Object-store prefix of the attempt that produced the artifact.
     pub artifact_prefix: String,
+    /// Pack objects stored (0 for a backup whose manifest says it all).
+    pub pack_objects: usize,
 }
 
 /// `BUILDING`/`SAVING` → `COMPLETED`, and wakes the instance's waiting
 /// backups (its children, and siblings held back by rule 3).
-pub async fn complete_backup<C: ConnectionTrait + TransactionTrait>(
+///
+/// One statement, so one round trip and one commit: the conditional
+/// `UPDATE` and the outbox entries of the woken backups are data-modifying
+/// CTEs of the same query, atomic as a transaction would make them. The
+/// wake's `SELECT` reads the snapshot from before the update, which cannot
+/// matter: the backup being completed was not `NEW`.
+pub async fn complete_backup<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
     worker: &str,
     artifact: &CompletedArtifact,
 ) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
-    let row = backup::Entity::find()
-        .from_raw_sql(stmt(
-            r#"UPDATE backups SET status = 'COMPLETED', checksum = $3, bytes = $4, location_ref = $5,
-                      artifact_prefix = $6, progress_done = progress_total,
-                      lease_expires = NULL, updated = now()
-                WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')
-            RETURNING *"#,
+    let row = db
+        .query_one_raw(stmt(
+            r#"WITH done AS (
+                   UPDATE backups SET status = 'COMPLETED', checksum = $3, bytes = $4, location_ref = $5,
+                          artifact_prefix = $6, progress_done = progress_total,
+                          lease_expires = NULL, updated = now()
+                    WHERE id = $1 AND lease_owner = $2 AND status IN ('BUILDING', 'SAVING')
+                RETURNING instance_id),
+               woken AS (
+                   INSERT INTO outbox (kind, target_id)
+                   SELECT $7, w.id FROM backups w JOIN done ON w.instance_id = done.instance_id
+                    WHERE w.status = 'NEW' ORDER BY w.created
+                RETURNING 1)
+               SELECT count(*) AS completed FROM done"#,
             vec![
                 id.into(),
                 worker.into(),
@@ -196,16 +275,15 @@ pub async fn complete_backup<C: ConnectionTrait + TransactionTrait>(
                 (artifact.bytes as i64).into(),
                 artifact.location_ref.clone().into(),
                 artifact.artifact_prefix.clone().into(),
+                JobKind::Backup.as_str().into(),
             ],
         ))
-        .one(&txn)
         .await?;
-    let Some(row) = row else {
-        return Ok(false);
+    let completed: i64 = match row {
+        Some(row) => row.try_get("", "completed")?,
+        None => 0,
     };
-    wake_waiting_backups(&txn, row.instance_id).await?;
-    txn.commit().await?;
-    Ok(true)
+    Ok(completed == 1)
 }
 
 /// Any state before `COMPLETED` → `FAILED` with `reason`. With `worker`, only

@@ -145,11 +145,19 @@ pub async fn run_relay(db: DatabaseConnection, broker: Broker, nudge: Nudge, can
 }
 
 /// Publishes one batch; returns how many entries it sent.
+///
+/// The entries are deleted first and published second, in one
+/// transaction that commits only after the broker confirmed: a failed
+/// publish rolls the delete back, so nothing is lost, and the batch costs
+/// three round trips (begin, `DELETE ... RETURNING`, commit) besides the
+/// publish.
 async fn relay_batch(db: &DatabaseConnection, publisher: &Publisher) -> anyhow::Result<usize> {
     let txn = db.begin().await?;
-    let entries = Entry::find_by_statement(Statement::from_sql_and_values(
+    let mut entries = Entry::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "SELECT id, kind, target_id, attempt, delay_seconds FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "DELETE FROM outbox WHERE id IN
+            (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, target_id, attempt, delay_seconds",
         vec![BATCH.into()],
     ))
     .all(&txn)
@@ -157,6 +165,7 @@ async fn relay_batch(db: &DatabaseConnection, publisher: &Publisher) -> anyhow::
     if entries.is_empty() {
         return Ok(0);
     }
+    entries.sort_unstable_by_key(|e| e.id);
     let mut messages = Vec::with_capacity(entries.len());
     for e in &entries {
         match JobKind::parse(&e.kind) {
@@ -168,13 +177,6 @@ async fn relay_batch(db: &DatabaseConnection, publisher: &Publisher) -> anyhow::
         }
     }
     publisher.publish_all(&messages).await?;
-    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "DELETE FROM outbox WHERE id = ANY($1)",
-        vec![ids.into()],
-    ))
-    .await?;
     txn.commit().await?;
     Ok(entries.len())
 }

@@ -20,7 +20,10 @@ use std::{
     collections::HashMap,
     ops::Range,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::Context;
@@ -49,6 +52,11 @@ pub struct ArtifactStore {
     /// Headers of objects read by range (`None`: stored plaintext), so a
     /// restore's many range reads of one pack fetch its header once.
     headers: Arc<Mutex<HashMap<String, Option<seal::Header>>>>,
+    /// Whether the root directory of a `file://` store has been synced since
+    /// this process opened it. Syncing the root makes its entries (the
+    /// top-level `backups/`, made once and never removed) durable, so once
+    /// per process is enough; every directory below is synced per object.
+    root_synced: Arc<AtomicBool>,
 }
 
 /// How many object headers the range-read cache keeps before starting over.
@@ -72,6 +80,7 @@ impl ArtifactStore {
                 local_root: Some(dir),
                 keys: None,
                 headers: Arc::default(),
+                root_synced: Arc::default(),
             });
         }
         let (store, base) = object_store::parse_url(&url)
@@ -83,6 +92,7 @@ impl ArtifactStore {
             local_root: None,
             keys: None,
             headers: Arc::default(),
+            root_synced: Arc::default(),
         })
     }
 
@@ -198,14 +208,19 @@ impl ArtifactStore {
         };
         let file = root.join(key);
         let root = root.clone();
+        let root_synced = self.root_synced.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::File::open(&file)?.sync_all()?;
             let mut dir = file.parent();
             while let Some(d) = dir {
-                std::fs::File::open(d)?.sync_all()?;
                 if d == root {
+                    if !root_synced.load(Ordering::Acquire) {
+                        std::fs::File::open(d)?.sync_all()?;
+                        root_synced.store(true, Ordering::Release);
+                    }
                     break;
                 }
+                std::fs::File::open(d)?.sync_all()?;
                 dir = d.parent();
             }
             Ok(())

@@ -86,6 +86,8 @@ pub struct AppOptions {
     /// Workers seal stored objects with this key file
     /// (`CAIRN_ENCRYPTION_KEY_FILE`).
     pub encryption_key_file: Option<PathBuf>,
+    /// `token_cache` of the API (default: 5 s, as in production).
+    pub token_cache: Option<Duration>,
 }
 
 impl AppOptions {
@@ -135,6 +137,11 @@ impl AppOptions {
     }
 
     /// A project's backups may store at most `bytes` bytes.
+    pub fn token_cache(mut self, ttl: Duration) -> Self {
+        self.token_cache = Some(ttl);
+        self
+    }
+
     pub fn quota_bytes(mut self, bytes: u64) -> Self {
         self.quota_bytes = Some(bytes);
         self
@@ -173,6 +180,7 @@ pub async fn spawn_app_with(workers: usize, options: AppOptions) -> TestApp {
         auth: AuthMode::Token,
         quota_backups: Some(options.quota_backups.unwrap_or(50)),
         quota_bytes: options.quota_bytes,
+        token_cache: options.token_cache.unwrap_or(Duration::from_secs(5)),
     };
     let shutdown = CancellationToken::new();
     let api = cairn_api::Application::start(&config, shutdown.clone()).await.expect("API starts");

@@ -106,6 +106,7 @@ impl Datastore for VolumeDatastore {
                 bytes: output.stored_bytes,
                 location_ref: self.store.url_of(&manifest_key),
                 artifact_prefix: prefix.clone(),
+                pack_objects: output.packs.len(),
             })
         }
         .await;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use cairn_shared::{
     datastore::{BackupRequest, JobProgress, StoredLink},
-    entities::{backup, instance},
+    entities::backup,
     failure::permanent,
-    lifecycle::{self, BackupClaim, CompletedArtifact, Leased},
+    lifecycle::{self, BackupClaim, ClaimedBackup, CompletedArtifact, Leased},
     storage::ArtifactStore,
 };
 use sea_orm::{EntityTrait, TransactionTrait};
@@ -22,8 +22,8 @@ pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &Cancellat
     let worker = ctx.config.worker_id.as_str();
     let claim = lifecycle::claim_backup(&ctx.db, id, worker, ctx.config.lease).await?;
     receipt.ack().await;
-    let row = match claim {
-        BackupClaim::Claimed(row) => row,
+    let claimed = match claim {
+        BackupClaim::Claimed(claimed) => *claimed,
         BackupClaim::Waiting(why) => {
             tracing::debug!(backup_id = %id, %why, "backup waits");
             return Ok(());
@@ -35,12 +35,14 @@ pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &Cancellat
         }
         BackupClaim::NotRunnable => return Ok(()),
     };
+    let row = &claimed.row;
     let span =
         tracing::info_span!("backup", backup_id = %row.id, instance_id = %row.instance_id, attempt = row.attempts);
-    execute(ctx, *row, stop).instrument(span).await
+    execute(ctx, claimed, stop).instrument(span).await
 }
 
-async fn execute(ctx: &JobContext, row: backup::Model, stop: &CancellationToken) -> anyhow::Result<()> {
+async fn execute(ctx: &JobContext, claimed: ClaimedBackup, stop: &CancellationToken) -> anyhow::Result<()> {
+    let row = &claimed.row;
     let worker = ctx.config.worker_id.clone();
     tracing::info!(parent_id = ?row.parent_id, "backup started");
     let progress = Arc::new(JobProgress::default());
@@ -53,7 +55,7 @@ async fn execute(ctx: &JobContext, row: backup::Model, stop: &CancellationToken)
     };
     let heartbeat = lease::start(ctx.config.lease, progress.clone(), beat);
     let outcome = tokio::select! {
-        r = take(ctx, &row, progress) => r,
+        r = take(ctx, &claimed, progress) => r,
         () = heartbeat.lost.cancelled() => Err(Interrupted::LeaseLost.into()),
         () = stop.cancelled() => Err(Interrupted::Shutdown.into()),
     };
@@ -93,7 +95,7 @@ async fn execute(ctx: &JobContext, row: backup::Model, stop: &CancellationToken)
             };
         }
     };
-    record(ctx, &row, &worker, &artifact, &attempt_prefix).await
+    record(ctx, row, &worker, &artifact, &attempt_prefix).await
 }
 
 /// Records a finished attempt; discards its objects if it lost the job.
@@ -104,7 +106,11 @@ async fn record(
     artifact: &CompletedArtifact,
     attempt_prefix: &str,
 ) -> anyhow::Result<()> {
-    retry_db(|| lifecycle::mark_saving(&ctx.db, row.id, worker)).await?;
+    // SAVING shows a backup whose payload is being stored; one that stored
+    // only its manifest goes from BUILDING to COMPLETED in one commit.
+    if artifact.pack_objects > 0 {
+        retry_db(|| lifecycle::mark_saving(&ctx.db, row.id, worker)).await?;
+    }
     let completed = retry_db(|| lifecycle::complete_backup(&ctx.db, row.id, worker, artifact)).await?;
     // A retried commit may have succeeded the first time: look before
     // treating "nothing updated" as "someone else owns it".
@@ -120,38 +126,50 @@ async fn record(
     }
     ctx.nudge.wake();
     tracing::info!(bytes = artifact.bytes, checksum = %artifact.checksum, "backup completed");
-    // Objects of earlier, abandoned attempts are never referenced.
-    if let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(attempt_prefix)).await {
+    // Objects of earlier, abandoned attempts are never referenced. The
+    // first attempt has none (every claim numbers a new attempt), so it
+    // skips the listing.
+    if row.attempts > 1
+        && let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(attempt_prefix)).await
+    {
         tracing::warn!(error = %e, "could not remove objects of abandoned attempts");
     }
     Ok(())
 }
 
-async fn take(ctx: &JobContext, row: &backup::Model, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact> {
-    let inst = instance::Entity::find_by_id(row.instance_id)
-        .one(&ctx.db)
-        .await?
+async fn take(
+    ctx: &JobContext,
+    claimed: &ClaimedBackup,
+    progress: Arc<JobProgress>,
+) -> anyhow::Result<CompletedArtifact> {
+    let row = &claimed.row;
+    let inst = claimed
+        .instance
+        .as_ref()
         .ok_or_else(|| permanent(anyhow::anyhow!("instance {} no longer exists", row.instance_id)))?;
     let datastore = ctx.datastores.get(&inst.datastore_type).ok_or_else(|| {
         permanent(anyhow::anyhow!("datastore type {:?} is not served by this worker", inst.datastore_type))
     })?;
     let source = cairn_shared::volume::check_registered(&ctx.config.volume_roots, &inst.volume_path).map_err(|e| {
-        permanent(anyhow::Error::from(e).context(format!("instance {}'s volume cannot be read", inst.id)))
+        permanent(anyhow::Error::from(e).context(format!("instance {}'s volume cannot be read", row.instance_id)))
     })?;
     let parent = match row.parent_id {
         Some(pid) => {
-            let p = backup::Entity::find_by_id(pid)
-                .one(&ctx.db)
-                .await?
+            let p = claimed
+                .parent
+                .as_ref()
                 .ok_or_else(|| permanent(anyhow::anyhow!("parent backup {pid} no longer exists")))?;
             Some(StoredLink {
                 backup_id: p.id,
-                checksum: p.checksum.with_context(|| format!("parent backup {pid} has no checksum"))?,
-                artifact_prefix: p.artifact_prefix.with_context(|| format!("parent backup {pid} has no artifact"))?,
+                checksum: p.checksum.clone().with_context(|| format!("parent backup {pid} has no checksum"))?,
+                artifact_prefix: p
+                    .artifact_prefix
+                    .clone()
+                    .with_context(|| format!("parent backup {pid} has no artifact"))?,
             })
         }
         None => None,
     };
-    let req = BackupRequest { backup_id: row.id, instance_id: inst.id, attempt: row.attempts, source, parent };
+    let req = BackupRequest { backup_id: row.id, instance_id: row.instance_id, attempt: row.attempts, source, parent };
     datastore.backup(req, progress).await
 }

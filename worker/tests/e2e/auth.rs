@@ -3,13 +3,13 @@
 //! The foreign-token walk takes its routes from `/openapi.json`, so a route
 //! added later is walked too, or the walk fails and asks for its case.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
-use cairn_testkit::{TestApp, assert_fault, client_with_token, spawn_app};
+use cairn_testkit::{AppOptions, TestApp, assert_fault, client_with_token, spawn_app, spawn_app_with};
 
 const P: &str = "/v1.0/{project_id}";
 
@@ -254,9 +254,37 @@ async fn an_admin_token_lists_across_projects() {
     assert_fault(status, &reply, 403, "forbidden");
 }
 
+/// The API trusts a verified token for `CAIRN_TOKEN_CACHE_SECONDS`: a
+/// revoked token works until its cached verification expires, then is 401;
+/// a wrong secret for a cached token's id is never let through.
+#[tokio::test]
+async fn a_revoked_token_stops_working_once_its_cached_verification_expires() {
+    let ttl = Duration::from_millis(1500);
+    let app = spawn_app_with(0, AppOptions::default().token_cache(ttl)).await;
+    let token = app.token_for(&app.project, false).await;
+    let url = app.url("/backups");
+    let (status, _) = send(&client_with_token(&token), Method::GET, &url, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = token.split('-').nth(1).unwrap().parse::<uuid::Uuid>().unwrap();
+    cairn_api::tokens::revoke(&app.db, id).await.unwrap();
+    let revoked_at = std::time::Instant::now();
+    let wrong_secret = format!("{}-{}", token.rsplit_once('-').unwrap().0, "0".repeat(64));
+    let (status, reply) = send(&client_with_token(&wrong_secret), Method::GET, &url, None).await;
+    assert_fault(status, &reply, 401, "unauthorized");
+    let (status, _) = send(&client_with_token(&token), Method::GET, &url, None).await;
+    if revoked_at.elapsed() < ttl / 2 {
+        assert_eq!(status, StatusCode::OK, "a cached verification is trusted until it expires");
+    }
+    tokio::time::sleep(ttl).await;
+    let (status, reply) = send(&client_with_token(&token), Method::GET, &url, None).await;
+    assert_fault(status, &reply, 401, "unauthorized");
+}
+
 #[tokio::test]
 async fn no_token_a_wrong_one_or_a_revoked_one_is_401_on_every_route() {
-    let app = spawn_app(0).await;
+    // Without the token cache a revocation takes effect at once (with it,
+    // within the cache's time: see the next test).
+    let app = spawn_app_with(0, AppOptions::default().token_cache(Duration::ZERO)).await;
     let routes = project_routes(&app).await;
     let victim = Victim { instance: uuid::Uuid::new_v4().to_string(), backup: uuid::Uuid::new_v4().to_string() };
 
