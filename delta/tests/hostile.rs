@@ -90,16 +90,6 @@ impl Scene {
     }
 }
 
-fn with_entry(m: &Manifest, path: &str, kind: EntryKind) -> Manifest {
-    let mut m = m.clone();
-    let mut e = m.entries[0].clone();
-    e.path = path.to_string();
-    e.kind = kind;
-    m.entries.push(e);
-    m.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    m
-}
-
 /// A file entry holding one stored block of `data` (raw) at `offset` of pack 0.
 fn raw_file(m: &Manifest, data: &[u8], offset: u64) -> EntryKind {
     let run = BlockRun {

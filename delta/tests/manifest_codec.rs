@@ -171,16 +171,6 @@ fn huge_counts_do_not_allocate() {
     assert!(plain.len() > b.len());
 }
 
-fn with_entry(m: &Manifest, path: &str, kind: EntryKind) -> Manifest {
-    let mut m = m.clone();
-    let mut e = m.entries[0].clone();
-    e.path = path.to_string();
-    e.kind = kind;
-    m.entries.push(e);
-    m.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    m
-}
-
 fn rejected(m: &Manifest, what: &str) -> String {
     match decode_manifest(&encode_manifest(m)) {
         Err(e @ (DeltaError::CorruptManifest(_) | DeltaError::UnsafeEntry { .. })) => e.to_string(),

@@ -226,3 +226,15 @@ pub fn stamp_all(root: &Path, rng: &mut StdRng) {
 pub fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
 }
+
+/// `m` with one more entry at `path` of `kind` (a copy of its first entry
+/// otherwise), kept in path order: how a crafted manifest is made.
+pub fn with_entry(m: &Manifest, path: &str, kind: EntryKind) -> Manifest {
+    let mut m = m.clone();
+    let mut e = m.entries[0].clone();
+    e.path = path.to_string();
+    e.kind = kind;
+    m.entries.push(e);
+    m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    m
+}
