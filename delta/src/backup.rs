@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::DeltaError;
 use crate::manifest::*;
+use crate::sync::Syncer;
 use crate::{BackupOptions, FORMAT_VERSION, LinkIds, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Progress, codec};
 
 /// Upper bound of the raw bytes in one stored run (one zstd frame).
@@ -103,9 +104,16 @@ pub fn backup_tree(
             p.header.block_size
         }
     };
-    let mut packs = PackWriter { dir: staging_dir, target: opts.pack_target_size, cur: None, done: Vec::new() };
+    let mut packs = PackWriter {
+        dir: staging_dir,
+        target: opts.pack_target_size,
+        cur: None,
+        done: Vec::new(),
+        syncer: Some(Syncer::new()),
+    };
     let mut b = Backup {
         parent: parent.map(|(m, _)| m),
+        parent_inodes: None,
         block_size,
         packs: &mut packs,
         zstd_level: opts.zstd_level,
@@ -191,6 +199,9 @@ struct Item {
 
 struct Backup<'a, 'p> {
     parent: Option<&'a Manifest>,
+    /// The parent's regular files by inode, built when first needed: a file
+    /// that is new at its path may be an old one renamed.
+    parent_inodes: Option<HashMap<u64, (&'a str, &'a FileEntry)>>,
     block_size: u32,
     zstd_level: i32,
     packs: &'a mut PackWriter<'p>,
@@ -251,7 +262,10 @@ struct FileInFlight<'m> {
     pos: usize,
     path: PathBuf,
     rel: String,
+    /// What the file's blocks are compared with: the parent's file at the
+    /// same path, or at `base`.
     parent: Option<&'m FileEntry>,
+    base: Option<String>,
     hashes: Vec<BlockHash>,
     runs: Vec<BlockRun>,
     /// Set once the whole file has been read.
@@ -551,6 +565,7 @@ impl<'a> Backup<'a, '_> {
                     ctime: pf.ctime,
                     blake3: pf.blake3,
                     block_hashes: pf.block_hashes.clone(),
+                    base: None,
                     content: FileContent::Unchanged,
                 }),
                 mode: walk_meta.mode() & 0o7777,
@@ -560,7 +575,13 @@ impl<'a> Backup<'a, '_> {
             });
             return Ok(true);
         }
-        let parent = parent.map(|(_, f)| f);
+        let (parent, base) = match parent {
+            Some((_, f)) if f.inode == walk_meta.ino() => (Some(f), None),
+            same_path => match self.renamed_from(walk_meta.ino(), rel) {
+                Some((path, f)) => (Some(f), Some(path.to_string())),
+                None => (same_path.map(|(_, f)| f), None),
+            },
+        };
 
         let read_start = SystemTime::now();
         let mut file = match File::open(full) {
@@ -577,6 +598,7 @@ impl<'a> Backup<'a, '_> {
             path: full.to_path_buf(),
             rel: rel.to_string(),
             parent,
+            base,
             hashes: Vec::new(),
             runs: Vec::new(),
             tail: None,
@@ -627,6 +649,24 @@ impl<'a> Backup<'a, '_> {
             Some(FileTail { meta, read_start, size, blake3: *whole.finalize().as_bytes() });
         self.stats.files_read += 1;
         Ok(true)
+    }
+
+    /// The parent's file (other than at `rel`) with inode `ino`: where a
+    /// renamed file was. Its blocks are only a base to compare with, so an
+    /// inode reused by an unrelated file costs bytes, never correctness.
+    fn renamed_from(&mut self, ino: u64, rel: &str) -> Option<(&'a str, &'a FileEntry)> {
+        let parent = self.parent?;
+        let index = self.parent_inodes.get_or_insert_with(|| {
+            parent
+                .entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File(f) => Some((f.inode, (e.path.as_str(), f))),
+                    _ => None,
+                })
+                .collect()
+        });
+        index.get(&ino).copied().filter(|(path, _)| *path != rel)
     }
 
     /// Waits for the oldest chunk, writes its runs into the packs and, after
@@ -711,6 +751,7 @@ impl<'a> Backup<'a, '_> {
                 ctime,
                 blake3: tail.blake3,
                 block_hashes: file.hashes,
+                base: file.base,
                 content,
             }),
             mode: meta.mode() & 0o7777,
@@ -776,6 +817,8 @@ struct PackWriter<'a> {
     target: u64,
     cur: Option<OpenPack>,
     done: Vec<StagedPack>,
+    /// Syncs closed packs while the next one is filled.
+    syncer: Option<Syncer>,
 }
 
 impl PackWriter<'_> {
@@ -813,7 +856,10 @@ impl PackWriter<'_> {
         if let Some(c) = self.cur.take() {
             let path = c.path.clone();
             let file = c.file.into_inner().map_err(|e| DeltaError::io(&path, "writing pack", e.into_error()))?;
-            file.sync_all().map_err(|e| DeltaError::io(&path, "syncing pack", e))?;
+            match &self.syncer {
+                Some(s) => s.sync(path, file)?,
+                None => file.sync_all().map_err(|e| DeltaError::io(&path, "syncing pack", e))?,
+            }
             self.done.push(StagedPack {
                 name: c.name,
                 path: c.path,
@@ -824,8 +870,10 @@ impl PackWriter<'_> {
         Ok(())
     }
 
+    /// Closes the last pack and waits until every pack is on disk.
     fn finish(&mut self) -> Result<Vec<StagedPack>, DeltaError> {
-        if let Err(e) = self.close_current() {
+        let synced = self.close_current().and_then(|()| self.syncer.take().map_or(Ok(()), Syncer::finish));
+        if let Err(e) = synced {
             self.abort();
             return Err(e);
         }

@@ -68,7 +68,8 @@ const COMP_ZSTD: u8 = 0;
 const COMP_RAW: u8 = 1;
 const COMP_ZERO: u8 = 2;
 
-/// Encode a manifest (magic, version, zstd-compressed body).
+/// Encode a manifest (magic, version, zstd-compressed body) in the version
+/// its header names.
 pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
     let mut b = Vec::with_capacity(1024);
     let h = &m.header;
@@ -118,6 +119,15 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
                 for bh in &f.block_hashes {
                     b.extend_from_slice(bh);
                 }
+                if h.format_version >= 2 {
+                    match &f.base {
+                        None => b.push(0),
+                        Some(base) => {
+                            b.push(1);
+                            put_str(&mut b, base);
+                        }
+                    }
+                }
                 match &f.content {
                     FileContent::Unchanged => b.push(0),
                     FileContent::Stored(runs) => {
@@ -147,7 +157,7 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
     let body = zstd_compress(&b);
     let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&h.format_version.to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
@@ -174,9 +184,7 @@ pub fn decode_manifest_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Resul
         return Err(DeltaError::corrupt("bad magic (not a cairn manifest)"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(DeltaError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
-    }
+    check_version(version)?;
     let frame = &bytes[PREFIX_LEN..];
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
         Ok(n) if n == frame.len() => {}
@@ -253,7 +261,7 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
             KIND_DIR => EntryKind::Dir,
             KIND_SYMLINK => EntryKind::Symlink { target: r.string("symlink target")? },
             KIND_HARDLINK => EntryKind::HardLink { to: r.string("hard link target")? },
-            KIND_FILE => EntryKind::File(parse_file(r, block_size, &path)?),
+            KIND_FILE => EntryKind::File(parse_file(r, version, block_size, &path)?),
             k => {
                 return Err(DeltaError::corrupt(format!("{path:?}: unknown entry kind {k}")));
             }
@@ -272,7 +280,7 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
     })
 }
 
-fn parse_file<R: Read>(r: &mut Reader<R>, block_size: u32, path: &str) -> Result<FileEntry, DeltaError> {
+fn parse_file<R: Read>(r: &mut Reader<R>, version: u32, block_size: u32, path: &str) -> Result<FileEntry, DeltaError> {
     let size = r.var("file size")?;
     if size > MAX_FILE_SIZE {
         return Err(DeltaError::corrupt(format!("{path:?}: file size {size} out of range")));
@@ -291,6 +299,18 @@ fn parse_file<R: Read>(r: &mut Reader<R>, block_size: u32, path: &str) -> Result
         r.exact(&mut h, &what)?;
         block_hashes.push(h);
     }
+    let base = match version {
+        1 => None,
+        _ => match r.u8("base flag")? {
+            0 => None,
+            1 => {
+                let base = r.string("base path")?;
+                r.charge(base.len(), "base paths")?;
+                Some(base)
+            }
+            x => return Err(DeltaError::corrupt(format!("{path:?}: bad base flag {x}"))),
+        },
+    };
     let content = match r.u8("content tag")? {
         0 => FileContent::Unchanged,
         1 => {
@@ -328,16 +348,14 @@ fn parse_file<R: Read>(r: &mut Reader<R>, block_size: u32, path: &str) -> Result
         }
         t => return Err(DeltaError::corrupt(format!("{path:?}: unknown content tag {t}"))),
     };
-    Ok(FileEntry { size, inode, ctime, blake3, block_hashes, content })
+    Ok(FileEntry { size, inode, ctime, blake3, block_hashes, base, content })
 }
 
 /// Check every invariant the rest of the crate relies on.
 pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
     let h = &m.header;
     let bad = |msg: String| Err(DeltaError::corrupt(msg));
-    if h.format_version != FORMAT_VERSION {
-        return Err(DeltaError::UnsupportedVersion { found: h.format_version, supported: FORMAT_VERSION });
-    }
+    check_version(h.format_version)?;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) || !h.block_size.is_power_of_two() {
         return bad(format!("block size {} out of range", h.block_size));
     }
@@ -433,6 +451,22 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
     if f.block_hashes.len() as u64 != nblocks {
         return bad(format!("{} block hashes for {} blocks", f.block_hashes.len(), nblocks));
     }
+    if let Some(base) = &f.base {
+        // Only a key into the parent's manifest, never a filesystem path;
+        // checked as strictly anyway.
+        if h.format_version < 2 {
+            return bad(format!("a rename base in a version {} manifest", h.format_version));
+        }
+        if h.parent.is_none() {
+            return bad("a rename base in a backup without parent".into());
+        }
+        if base == path || base.len() > MAX_STRING {
+            return bad(format!("rename base {base:?} is the file itself or too long"));
+        }
+        if let Err(e) = check_rel_path(base) {
+            return bad(format!("rename base {base:?}: {e}"));
+        }
+    }
     let runs = match &f.content {
         FileContent::Unchanged => {
             if h.parent.is_none() {
@@ -499,6 +533,15 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
         return bad(format!("backup without parent stores {covered} of {nblocks} blocks"));
     }
     Ok(())
+}
+
+/// Refuses a version this build does not read.
+fn check_version(version: u32) -> Result<(), DeltaError> {
+    if (crate::OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        Ok(())
+    } else {
+        Err(DeltaError::UnsupportedVersion { found: version, supported: FORMAT_VERSION })
+    }
 }
 
 /// A manifest path: relative, `/`-separated, no empty, `.` or `..` component.

@@ -46,7 +46,7 @@ pub enum DeltaError {
     UnsafeEntry { path: String, reason: String },
 
     /// Manifest written by a newer or older, incompatible format.
-    #[error("unsupported manifest format version {found} (this build reads version {supported})")]
+    #[error("unsupported manifest format version {found} (this build reads versions 1 to {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
 
     /// Manifest bytes do not hash to the checksum recorded for them.

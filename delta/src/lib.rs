@@ -36,6 +36,7 @@ mod codec;
 mod error;
 mod manifest;
 mod restore;
+mod sync;
 
 pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree};
 pub use chain::{ChainLink, verify_chain};
@@ -50,8 +51,12 @@ pub use manifest::{
 };
 pub use restore::{PackSource, RestoreStats, decode_run, restore_chain};
 
-/// Version of the manifest encoding (and of the pack layout it implies).
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the manifest encoding written (and of the pack layout it
+/// implies). Version 2 added a file's rename base ([`FileEntry::base`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version still read: chains begun before an upgrade restore,
+/// and take version 2 children.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Smallest accepted block size.
 pub const MIN_BLOCK_SIZE: u32 = 4 << 10;

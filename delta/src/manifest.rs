@@ -105,16 +105,23 @@ pub struct FileEntry {
     pub blake3: [u8; 32],
     /// One per block: `ceil(size / block_size)` entries.
     pub block_hashes: Vec<BlockHash>,
+    /// The path, in the parent, of the file whose blocks this one's
+    /// unstored blocks equal (same index): set when the file was renamed
+    /// since the parent (found by its inode), `None` for the same path.
+    /// PostgreSQL recycles WAL segments by renaming them; without this a
+    /// recycled segment is stored whole under its new name.
+    pub base: Option<String>,
     pub content: FileContent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum FileContent {
-    /// Content identical to the parent's file at the same path (every block,
-    /// same size); nothing stored.
+    /// Content identical to the parent's file at the same path (or at
+    /// [`FileEntry::base`]): every block, same size; nothing stored.
     Unchanged,
     /// Blocks stored by this backup, sorted and non-overlapping. Blocks not
-    /// covered equal the parent's block at the same index.
+    /// covered equal the parent's block at the same index of the same path
+    /// (or of [`FileEntry::base`]).
     Stored(Vec<BlockRun>),
 }
 
@@ -153,6 +160,11 @@ impl BlockRun {
 impl FileEntry {
     pub fn blake3_hex(&self) -> String {
         hex(&self.blake3)
+    }
+
+    /// The parent's path this file's unstored blocks come from.
+    pub fn base_or<'a>(&'a self, path: &'a str) -> &'a str {
+        self.base.as_deref().unwrap_or(path)
     }
 
     /// Blocks this backup stores for the file.

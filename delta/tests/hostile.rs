@@ -108,6 +108,7 @@ fn raw_file(m: &Manifest, data: &[u8], offset: u64) -> EntryKind {
         ctime: Timestamp::default(),
         blake3: *blake3::hash(data).as_bytes(),
         block_hashes: vec![block_hash(data)],
+        base: None,
         content: FileContent::Stored(vec![run]),
     })
 }
@@ -286,6 +287,7 @@ fn a_pack_decompression_bomb_is_refused() {
             ctime: Timestamp::default(),
             blake3: *blake3::hash(&block).as_bytes(),
             block_hashes: vec![block_hash(&block)],
+            base: None,
             content: FileContent::Stored(vec![BlockRun {
                 first_block: 0,
                 count: 1,

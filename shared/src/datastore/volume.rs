@@ -31,7 +31,9 @@ pub struct VolumeDatastore {
 impl VolumeDatastore {
     /// The type name in the API.
     pub const KIND: &'static str = "volume";
-    /// The version reported by the API: the delta format's.
+    /// The datastore version reported by the API (what instances are
+    /// created with). Manifests carry their own format version, and every
+    /// format since 1 is read, so it stays 1.
     pub const VERSION: &'static str = "1";
 
     /// A datastore storing into `store`, staging under `staging`, backing
@@ -154,11 +156,17 @@ impl Datastore for VolumeDatastore {
             let _ = tokio::fs::remove_dir_all(&work).await;
             return Err(e.into());
         }
-        // An empty directory at the target is replaced by rename(2).
+        // An empty directory at the target is replaced by rename(2). The
+        // tree is on disk already (the restore ends with a sync); syncing
+        // the parent makes the rename durable before the instance is ACTIVE.
         if let Err(e) = tokio::fs::rename(&work, &req.target).await {
             let _ = tokio::fs::remove_dir_all(&work).await;
             return Err(e).with_context(|| format!("cannot move the restored tree to {}", req.target.display()));
         }
+        let dir = parent.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+            .await?
+            .with_context(|| format!("cannot sync {}", parent.display()))?;
         Ok(steps)
     }
 

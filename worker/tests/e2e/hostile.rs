@@ -143,6 +143,7 @@ async fn a_decompression_bomb_in_a_stored_pack_fails_the_restore() {
         ctime: Default::default(),
         blake3: [0; 32], // never reached: the block is refused first
         block_hashes: vec![block_hash(&zeros[..bs])],
+        base: None,
         content: FileContent::Stored(vec![BlockRun {
             first_block: 0,
             count: 1,
