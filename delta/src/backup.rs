@@ -5,10 +5,14 @@
 //!   before any data is read and lets entries be processed in manifest
 //!   (byte-sorted path) order, which is also what makes "the first link of a
 //!   hard-linked inode" well defined.
-//! - Each file is read once, block by block, with one buffer of
-//!   `block_size` plus one run buffer of at most [`RUN_BYTES`]: memory does
-//!   not depend on file sizes. The whole-file BLAKE3 is computed from the same
-//!   reads, so it describes exactly the bytes whose blocks were stored.
+//! - Each file is read once, in 1 MiB chunks, by one thread that does
+//!   nothing else; a thread per core hashes each chunk's blocks, compares
+//!   them with the parent's and compresses the changed ones; one more
+//!   thread writes, hashes and syncs the packs. Channels between them are
+//!   bounded, so memory does not depend on file sizes. The whole-file
+//!   BLAKE3 is merged from the chunks' BLAKE3 subtrees (BLAKE3 is a tree
+//!   hash), so it describes exactly the bytes whose blocks were stored
+//!   without a second pass on the reading thread.
 //! - Changed blocks are grouped into runs of consecutive blocks and each run
 //!   is one zstd frame: bigger frames compress better and mean fewer ranges
 //!   to fetch at restore, while the cap keeps restore memory bounded.
@@ -104,13 +108,7 @@ pub fn backup_tree(
             p.header.block_size
         }
     };
-    let mut packs = PackWriter {
-        dir: staging_dir,
-        target: opts.pack_target_size,
-        cur: None,
-        done: Vec::new(),
-        syncer: Some(Syncer::new()),
-    };
+    let mut packs = PackSink::start(staging_dir, opts.pack_target_size)?;
     let mut b = Backup {
         parent: parent.map(|(m, _)| m),
         parent_inodes: None,
@@ -124,15 +122,11 @@ pub fn backup_tree(
         progress,
         throttle: Throttle::new(opts.read_limit),
     };
-    let entries = match b.run(source) {
-        Ok(e) => e,
-        Err(e) => {
-            packs.abort();
-            return Err(e);
-        }
-    };
+    let entries = b.run(source);
     let stats = std::mem::take(&mut b.stats);
-    let staged = packs.finish()?;
+    // On an error the pack thread removes what it wrote.
+    let staged = packs.finish(entries.is_ok())?;
+    let entries = entries?;
     let manifest = Manifest {
         header: Header {
             format_version: FORMAT_VERSION,
@@ -197,14 +191,14 @@ struct Item {
     meta: fs::Metadata,
 }
 
-struct Backup<'a, 'p> {
+struct Backup<'a> {
     parent: Option<&'a Manifest>,
     /// The parent's regular files by inode, built when first needed: a file
     /// that is new at its path may be an old one renamed.
     parent_inodes: Option<HashMap<u64, (&'a str, &'a FileEntry)>>,
     block_size: u32,
     zstd_level: i32,
-    packs: &'a mut PackWriter<'p>,
+    packs: &'a mut PackSink,
     stats: BackupStats,
     done: u64,
     total: u64,
@@ -223,6 +217,10 @@ struct ChunkJob<'m> {
     data: Vec<u8>,
     /// Index of the chunk's first block in its file.
     first_block: u64,
+    /// Offset of the chunk in its file, for its part of the file's BLAKE3.
+    offset: u64,
+    /// The chunk is the whole file: its BLAKE3 is the file's.
+    whole: bool,
     /// The parent's block hashes of this file, if it had one.
     parent_hashes: Option<&'m [BlockHash]>,
     reply: mpsc::SyncSender<Result<ChunkDone, String>>,
@@ -232,11 +230,22 @@ struct ChunkJob<'m> {
 struct ChunkDone {
     /// The chunk as read: raw runs are written from it, not copied.
     data: Vec<u8>,
+    digest: ChunkDigest,
     hashes: Vec<BlockHash>,
     runs: Vec<PreparedRun>,
     blocks_stored: u64,
     zero_blocks: u64,
     blocks_unchanged: u64,
+}
+
+/// A chunk's part of its file's BLAKE3, computed on the hashing threads so
+/// the reading thread only reads. BLAKE3 is a tree: a 1 MiB chunk at a
+/// 1 MiB-aligned offset is a complete subtree, whose chaining value the
+/// file's root hash is merged from ([`file_blake3`]).
+enum ChunkDigest {
+    Subtree(blake3::hazmat::ChainingValue),
+    /// The root hash of a chunk that is the whole file.
+    Root([u8; 32]),
 }
 
 /// A run of changed blocks, compressed (or not) but not yet in a pack.
@@ -268,6 +277,9 @@ struct FileInFlight<'m> {
     base: Option<String>,
     hashes: Vec<BlockHash>,
     runs: Vec<BlockRun>,
+    /// The file's BLAKE3 so far: one subtree per chunk consumed, or the
+    /// root of a file that is one chunk.
+    digests: Vec<ChunkDigest>,
     /// Set once the whole file has been read.
     tail: Option<FileTail>,
 }
@@ -276,7 +288,6 @@ struct FileTail {
     meta: fs::Metadata,
     read_start: SystemTime,
     size: u64,
-    blake3: [u8; 32],
 }
 
 /// A submitted chunk (or, for an empty file, none) in submission order.
@@ -308,9 +319,15 @@ fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, block_size: usize, z
                 Err(_) => return,
             }
         };
-        let ChunkJob { data, first_block, parent_hashes, reply } = job;
+        let ChunkJob { data, first_block, offset, whole, parent_hashes, reply } = job;
+        let digest = if whole {
+            ChunkDigest::Root(*blake3::hash(&data).as_bytes())
+        } else {
+            use blake3::hazmat::HasherExt;
+            ChunkDigest::Subtree(blake3::Hasher::new().set_input_offset(offset).update(&data).finalize_non_root())
+        };
         let result = match compressor.as_mut() {
-            Some(c) => prepare_chunk(data, first_block, parent_hashes, block_size, c, zero_hash),
+            Some(c) => prepare_chunk(data, first_block, parent_hashes, block_size, c, zero_hash, digest),
             None => Err(format!("zstd level {zstd_level} rejected")),
         };
         // The reader may have stopped on an error: nobody waits then.
@@ -325,9 +342,11 @@ fn prepare_chunk(
     bs: usize,
     compressor: &mut zstd::bulk::Compressor<'static>,
     zero_hash: BlockHash,
+    digest: ChunkDigest,
 ) -> Result<ChunkDone, String> {
     let mut done = ChunkDone {
         data: Vec::new(),
+        digest,
         hashes: Vec::with_capacity(data.len().div_ceil(bs)),
         runs: Vec::new(),
         blocks_stored: 0,
@@ -381,7 +400,7 @@ fn prepare_chunk(
     Ok(done)
 }
 
-impl<'a> Backup<'a, '_> {
+impl<'a> Backup<'a> {
     fn run(&mut self, source: &Path) -> Result<Vec<Entry>, DeltaError> {
         let items = self.walk(source)?;
         (self.progress)(Progress { done_bytes: 0, total_bytes: self.total });
@@ -601,21 +620,23 @@ impl<'a> Backup<'a, '_> {
             base,
             hashes: Vec::new(),
             runs: Vec::new(),
+            digests: Vec::new(),
             tail: None,
         });
-        let mut whole = blake3::Hasher::new();
         let mut size = 0u64;
         let mut chunks = 0u64;
         let blocks_per_chunk = (CHUNK_BYTES / self.block_size as usize) as u64;
         loop {
-            let mut data = vec![0u8; CHUNK_BYTES];
+            let mut data = self.packs.buffer();
+            data.resize(CHUNK_BYTES, 0);
             let n = read_full(&mut file, &mut data).map_err(|e| DeltaError::io(full, "reading", e))?;
             if n == 0 {
+                self.packs.recycle(data);
                 break;
             }
             data.truncate(n);
             self.throttle.consumed(n as u64);
-            whole.update(&data);
+            let offset = size;
             size += n as u64;
             self.stats.bytes_read += n as u64;
             self.done += n as u64;
@@ -626,6 +647,8 @@ impl<'a> Backup<'a, '_> {
             let job = ChunkJob {
                 data,
                 first_block: chunks * blocks_per_chunk,
+                offset,
+                whole: chunks == 0 && n < CHUNK_BYTES,
                 parent_hashes: parent.map(|p| &p.block_hashes[..]),
                 reply,
             };
@@ -645,8 +668,7 @@ impl<'a> Backup<'a, '_> {
             Some(s) if chunks > 0 => s.last = true,
             _ => pipe.slots.push_back(Slot { reply: None, last: true }),
         }
-        pipe.files.back_mut().expect("pushed above").tail =
-            Some(FileTail { meta, read_start, size, blake3: *whole.finalize().as_bytes() });
+        pipe.files.back_mut().expect("pushed above").tail = Some(FileTail { meta, read_start, size });
         self.stats.files_read += 1;
         Ok(true)
     }
@@ -684,6 +706,15 @@ impl<'a> Backup<'a, '_> {
             self.stats.zero_blocks += done.zero_blocks;
             self.stats.blocks_unchanged += done.blocks_unchanged;
             file.hashes.extend_from_slice(&done.hashes);
+            file.digests.push(match done.digest {
+                // A file of exactly one full chunk: known to be the whole
+                // file only now, its root hash is taken here.
+                ChunkDigest::Subtree(_) if slot.last && file.digests.is_empty() => {
+                    ChunkDigest::Root(*blake3::hash(&done.data).as_bytes())
+                }
+                d => d,
+            });
+            let mut frames = Vec::new();
             for r in done.runs {
                 let Some(payload) = r.payload else {
                     // Zero runs cut at a chunk boundary join up again.
@@ -706,27 +737,30 @@ impl<'a> Backup<'a, '_> {
                     });
                     continue;
                 };
-                let (bytes, compression) = match &payload {
-                    Payload::Zstd(z) => (&z[..], Compression::Zstd),
-                    Payload::Raw(range) => (&done.data[range.clone()], Compression::Raw),
+                let (len, compression) = match &payload {
+                    Payload::Zstd(z) => (z.len(), Compression::Zstd),
+                    Payload::Raw(range) => (range.len(), Compression::Raw),
                 };
-                let (pack, offset) = self.packs.append(bytes)?;
+                let (pack, offset) = self.packs.place(len as u64);
                 file.runs.push(BlockRun {
                     first_block: r.first_block,
                     count: r.count,
                     pack,
                     offset,
-                    stored_len: bytes.len() as u64,
+                    stored_len: len as u64,
                     raw_len: r.raw_len,
                     compression,
                 });
+                frames.push(payload);
             }
+            self.packs.write(done.data, frames).map_err(|e| DeltaError::io(&file.path, "writing packs", e))?;
         }
         if !slot.last {
             return Ok(());
         }
         let file = pipe.files.pop_front().expect("checked above");
         let tail = file.tail.expect("a file's last slot is queued after its tail is set");
+        let blake3 = file_blake3(&file.digests);
         let content = match file.parent {
             Some(p) if file.runs.is_empty() && p.block_hashes.len() == file.hashes.len() => FileContent::Unchanged,
             _ => FileContent::Stored(file.runs),
@@ -749,7 +783,7 @@ impl<'a> Backup<'a, '_> {
                 size: tail.size,
                 inode: meta.ino(),
                 ctime,
-                blake3: tail.blake3,
+                blake3,
                 block_hashes: file.hashes,
                 base: file.base,
                 content,
@@ -804,6 +838,171 @@ fn is_zero(data: &[u8]) -> bool {
         && rest.iter().all(|&b| b == 0)
 }
 
+/// A file's BLAKE3 from its chunks' parts, in order: BLAKE3's tree puts
+/// the largest power of two of whole chunks (here 1 MiB subtrees) on the
+/// left, recursively, and only the top node is finalized as the root.
+fn file_blake3(digests: &[ChunkDigest]) -> [u8; 32] {
+    use blake3::hazmat::{ChainingValue, Mode, merge_subtrees_non_root, merge_subtrees_root};
+    fn cv(d: &ChunkDigest) -> &ChainingValue {
+        match d {
+            ChunkDigest::Subtree(cv) => cv,
+            ChunkDigest::Root(_) => unreachable!("a root is only made for a one-chunk file"),
+        }
+    }
+    fn subtree(ds: &[ChunkDigest]) -> ChainingValue {
+        if ds.len() == 1 {
+            return *cv(&ds[0]);
+        }
+        let left = left_count(ds.len());
+        merge_subtrees_non_root(&subtree(&ds[..left]), &subtree(&ds[left..]), Mode::Hash)
+    }
+    /// The largest power of two below `n` (n >= 2): the left subtree's chunks.
+    fn left_count(n: usize) -> usize {
+        1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+    }
+    match digests {
+        [] => *blake3::hash(b"").as_bytes(),
+        [ChunkDigest::Root(root)] => *root,
+        [only] => *cv(only), // unreachable: a lone chunk is made a root
+        ds => {
+            let left = left_count(ds.len());
+            *merge_subtrees_root(&subtree(&ds[..left]), &subtree(&ds[left..]), Mode::Hash).as_bytes()
+        }
+    }
+}
+
+/// The reading side of the pack writer: decides where each frame goes
+/// (so the manifest can name it at once) and hands the bytes to the pack
+/// thread, which writes, hashes and syncs them while the next chunks are
+/// read. Pack writing and hashing were a third of the reading thread's
+/// work on incompressible data.
+struct PackSink {
+    layout: PackLayout,
+    queue: Option<mpsc::SyncSender<PackMessage>>,
+    thread: Option<std::thread::JoinHandle<Result<Vec<StagedPack>, DeltaError>>>,
+    /// Chunk buffers back from the pack thread, reused instead of
+    /// allocating (and zeroing) a new MiB per chunk. As many circulate as
+    /// chunks can be in flight.
+    recycled: mpsc::Receiver<Vec<u8>>,
+    /// Also keeps the channel open while the pack thread has exited.
+    recycle: mpsc::Sender<Vec<u8>>,
+}
+
+enum PackMessage {
+    /// Append these frames (in order) to the packs.
+    Write { chunk: Vec<u8>, frames: Vec<Payload> },
+    /// Everything is written: close, sync and report the packs.
+    Finish,
+}
+
+/// Where frames go: a new pack is started once the current one reaches
+/// `target` bytes. The pack thread applies the same rule to the same
+/// sizes, and checks that it lands where this said.
+struct PackLayout {
+    target: u64,
+    /// Index and size of the pack being filled.
+    current: Option<(u32, u64)>,
+    opened: u32,
+}
+
+impl PackLayout {
+    fn place(&mut self, len: u64) -> (u32, u64) {
+        if self.current.is_some_and(|(_, size)| size >= self.target) {
+            self.current = None;
+        }
+        let (index, size) = self.current.get_or_insert_with(|| {
+            self.opened += 1;
+            (self.opened - 1, 0)
+        });
+        let offset = *size;
+        *size += len;
+        (*index, offset)
+    }
+}
+
+impl PackSink {
+    fn start(dir: &Path, target: u64) -> Result<Self, DeltaError> {
+        let (queue, messages) = mpsc::sync_channel::<PackMessage>(4);
+        let (recycle, recycled) = mpsc::channel();
+        let back = recycle.clone();
+        let pack_dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("cairn-packs".into())
+            .spawn(move || {
+                let mut packs = PackWriter {
+                    dir: &pack_dir,
+                    layout: PackLayout { target, current: None, opened: 0 },
+                    cur: None,
+                    done: Vec::new(),
+                    syncer: Some(Syncer::new()),
+                };
+                let result = packs.serve(messages, &back);
+                if result.is_err() {
+                    packs.abort();
+                }
+                result
+            })
+            .map_err(|e| DeltaError::io(dir, "starting the pack thread", e))?;
+        Ok(PackSink {
+            layout: PackLayout { target, current: None, opened: 0 },
+            queue: Some(queue),
+            thread: Some(thread),
+            recycled,
+            recycle,
+        })
+    }
+
+    /// Pack index and offset of the next frame of `len` bytes.
+    fn place(&mut self, len: u64) -> (u32, u64) {
+        self.layout.place(len)
+    }
+
+    /// Queues frames (placed in this order) for writing; `chunk` is what
+    /// raw frames are ranges of.
+    fn write(&mut self, chunk: Vec<u8>, frames: Vec<Payload>) -> io::Result<()> {
+        if frames.is_empty() {
+            self.recycle(chunk);
+            return Ok(());
+        }
+        let queue = self.queue.as_ref().expect("open until finished");
+        queue.send(PackMessage::Write { chunk, frames }).map_err(|_| io::Error::other("the pack thread stopped"))
+    }
+
+    /// A buffer for the next chunk: a recycled one if there is one.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES))
+    }
+
+    /// Takes a buffer back. Its bytes are left as they are: the next
+    /// chunk is read over them, so only a short buffer's tail is zeroed.
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        let _ = self.recycle.send(buffer);
+    }
+
+    /// Waits for the pack thread. With `ok`, the packs are closed, synced
+    /// and returned; otherwise (the backup failed) they are removed.
+    fn finish(&mut self, ok: bool) -> Result<Vec<StagedPack>, DeltaError> {
+        if let Some(queue) = self.queue.take()
+            && ok
+        {
+            // A send fails only if the thread stopped; its error is below.
+            let _ = queue.send(PackMessage::Finish);
+        }
+        let thread = self.thread.take().expect("finished once");
+        let result = thread
+            .join()
+            .unwrap_or_else(|_| Err(DeltaError::io("", "writing packs", io::Error::other("the pack thread panicked"))));
+        match (result, ok) {
+            (Ok(packs), true) => Ok(packs),
+            (Ok(packs), false) => {
+                remove_all(&packs);
+                Ok(Vec::new())
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+}
+
 struct OpenPack {
     name: String,
     path: PathBuf,
@@ -812,9 +1011,10 @@ struct OpenPack {
     hasher: blake3::Hasher,
 }
 
+/// The pack thread's side: owns the pack files.
 struct PackWriter<'a> {
     dir: &'a Path,
-    target: u64,
+    layout: PackLayout,
     cur: Option<OpenPack>,
     done: Vec<StagedPack>,
     /// Syncs closed packs while the next one is filled.
@@ -822,9 +1022,35 @@ struct PackWriter<'a> {
 }
 
 impl PackWriter<'_> {
-    /// Append one frame; returns (pack index, offset).
-    fn append(&mut self, data: &[u8]) -> Result<(u32, u64), DeltaError> {
-        if self.cur.as_ref().is_some_and(|c| c.size >= self.target) {
+    /// Writes what arrives until told to finish; if the channel closes
+    /// first, the backup failed and the caller removes the packs.
+    fn serve(
+        &mut self,
+        messages: mpsc::Receiver<PackMessage>,
+        recycle: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<Vec<StagedPack>, DeltaError> {
+        for message in messages {
+            match message {
+                PackMessage::Write { chunk, frames } => {
+                    for frame in &frames {
+                        let bytes = match frame {
+                            Payload::Zstd(z) => &z[..],
+                            Payload::Raw(range) => &chunk[range.clone()],
+                        };
+                        self.append(bytes)?;
+                    }
+                    let _ = recycle.send(chunk);
+                }
+                PackMessage::Finish => return self.finish(),
+            }
+        }
+        Err(DeltaError::io(self.dir, "writing packs", io::Error::other("the backup stopped")))
+    }
+
+    /// Append one frame where the layout puts it.
+    fn append(&mut self, data: &[u8]) -> Result<(), DeltaError> {
+        let (idx, offset) = self.layout.place(data.len() as u64);
+        if self.cur.is_some() && idx as usize != self.done.len() {
             self.close_current()?;
         }
         if self.cur.is_none() {
@@ -843,13 +1069,18 @@ impl PackWriter<'_> {
                 hasher: blake3::Hasher::new(),
             });
         }
-        let idx = self.done.len() as u32;
         let c = self.cur.as_mut().expect("just opened");
+        if idx as usize != self.done.len() || offset != c.size {
+            return Err(DeltaError::io(
+                &c.path,
+                "writing pack",
+                io::Error::other(format!("frame placed at pack {idx} offset {offset}, lands at {}", c.size)),
+            ));
+        }
         c.file.write_all(data).map_err(|e| DeltaError::io(&c.path, "writing pack", e))?;
         c.hasher.update(data);
-        let offset = c.size;
         c.size += data.len() as u64;
-        Ok((idx, offset))
+        Ok(())
     }
 
     fn close_current(&mut self) -> Result<(), DeltaError> {

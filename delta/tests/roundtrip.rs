@@ -191,3 +191,46 @@ fn invalid_options_rejected() {
         assert!(matches!(err, DeltaError::InvalidOptions(_)), "{err}");
     }
 }
+
+/// A file's BLAKE3 is merged from the 1 MiB chunks' subtrees hashed on
+/// several threads; at every size around the chunk and tree boundaries it
+/// must be exactly `blake3::hash` of the content.
+#[test]
+fn file_hashes_are_blake3_of_the_content_at_chunk_boundaries() {
+    const MIB: usize = 1 << 20;
+    let sizes = [
+        0,
+        1,
+        1023,
+        1024,
+        1025,
+        MIB - 1,
+        MIB,
+        MIB + 1,
+        2 * MIB,
+        2 * MIB + 1,
+        3 * MIB,
+        3 * MIB + 5,
+        4 * MIB,
+        4 * MIB + 1,
+        5 * MIB + 16384,
+        7 * MIB + 3,
+        8 * MIB,
+        9 * MIB - 1,
+    ];
+    let src = tempfile::tempdir().unwrap();
+    let mut r = rng(21);
+    for size in sizes {
+        write(&src.path().join(format!("f{size:09}")), &random_bytes(&mut r, size));
+    }
+    let mut chain = Chain::new(BackupOptions::default());
+    let out = chain.backup(src.path()).clone();
+    for size in sizes {
+        let name = format!("f{size:09}");
+        let EntryKind::File(f) = &out.manifest.find(&name).unwrap().kind else { panic!("{name} is a file") };
+        let content = fs::read(src.path().join(&name)).unwrap();
+        assert_eq!(f.blake3, *blake3::hash(&content).as_bytes(), "file of {size} bytes");
+    }
+    let (target, _) = chain.restore(0);
+    assert_same(&snapshot(src.path()), &snapshot(target.path()), "restored");
+}

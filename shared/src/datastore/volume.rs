@@ -11,6 +11,7 @@ use std::{
     os::unix::fs::FileExt,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use anyhow::Context;
@@ -74,10 +75,12 @@ impl Datastore for VolumeDatastore {
     }
 
     async fn backup(&self, req: BackupRequest, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact> {
+        let started = Instant::now();
         let parent: Option<ChainLink> = match &req.parent {
             Some(link) => Some(self.load_link(1, link).await.context("cannot read the parent backup")?),
             None => None,
         };
+        let tree_started = Instant::now();
         let staging = self.staging.join(format!("backup-{}-{}", req.backup_id, req.attempt));
         for earlier in 1..=req.attempt {
             let _ = tokio::fs::remove_dir_all(self.staging.join(format!("backup-{}-{earlier}", req.backup_id))).await;
@@ -95,6 +98,7 @@ impl Datastore for VolumeDatastore {
         })
         .await?
         .with_context(|| format!("cannot back up {}", req.source.display()))?;
+        let backed_up = Instant::now();
 
         let prefix = ArtifactStore::attempt_prefix(req.backup_id, req.attempt);
         let result = async {
@@ -113,10 +117,24 @@ impl Datastore for VolumeDatastore {
         }
         .await;
         let _ = tokio::fs::remove_dir_all(&staging).await;
+        let st = &output.stats;
+        tracing::info!(
+            tree_ms = backed_up.duration_since(tree_started).as_millis() as u64,
+            parent_ms = tree_started.duration_since(started).as_millis() as u64,
+            store_ms = backed_up.elapsed().as_millis() as u64,
+            files_read = st.files_read,
+            files_referenced = st.files_referenced,
+            bytes_read = st.bytes_read,
+            blocks_stored = st.blocks_stored,
+            blocks_unchanged = st.blocks_unchanged,
+            stored_bytes = output.stored_bytes,
+            "backup data written"
+        );
         result
     }
 
     async fn restore(&self, req: RestoreRequest, progress: Arc<JobProgress>) -> anyhow::Result<u32> {
+        let started = Instant::now();
         let mut links = Vec::with_capacity(req.chain.len());
         for (i, link) in req.chain.iter().enumerate() {
             links.push(self.load_link(i + 1, link).await?);
@@ -146,16 +164,28 @@ impl Datastore for VolumeDatastore {
             req.chain.iter().map(|l| (l.backup_id, l.artifact_prefix.clone())).collect(),
         );
         let work_dir = work.clone();
+        let manifests_loaded = Instant::now();
         let applied = tokio::task::spawn_blocking(move || {
             cairn_delta::restore_chain(&links, &packs, &work_dir, &mut |step, steps| {
                 progress.set(step as u64, steps as u64)
             })
         })
         .await?;
-        if let Err(e) = applied {
-            let _ = tokio::fs::remove_dir_all(&work).await;
-            return Err(e.into());
-        }
+        let stats = match applied {
+            Ok(stats) => stats,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&work).await;
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            manifests_ms = manifests_loaded.duration_since(started).as_millis() as u64,
+            apply_ms = manifests_loaded.elapsed().as_millis() as u64,
+            files = stats.files,
+            bytes_written = stats.bytes_written,
+            steps,
+            "restore applied"
+        );
         // An empty directory at the target is replaced by rename(2). The
         // tree is on disk already (the restore ends with a sync); syncing
         // the parent makes the rename durable before the instance is ACTIVE.
