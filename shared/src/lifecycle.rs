@@ -248,12 +248,15 @@ pub struct CompletedArtifact {
 /// CTEs of the same query, atomic as a transaction would make them. The
 /// wake's `SELECT` reads the snapshot from before the update, which cannot
 /// matter: the backup being completed was not `NEW`.
+///
+/// Says how many outbox entries it wrote, so the caller wakes its relay
+/// only when there is something to publish (most completions wake nobody).
 pub async fn complete_backup<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
     worker: &str,
     artifact: &CompletedArtifact,
-) -> Result<bool, DbErr> {
+) -> Result<Completion, DbErr> {
     let row = db
         .query_one_raw(stmt(
             r#"WITH done AS (
@@ -267,7 +270,7 @@ pub async fn complete_backup<C: ConnectionTrait>(
                    SELECT $7, w.id FROM backups w JOIN done ON w.instance_id = done.instance_id
                     WHERE w.status = 'NEW' ORDER BY w.created
                 RETURNING 1)
-               SELECT count(*) AS completed FROM done"#,
+               SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM woken) AS woken"#,
             vec![
                 id.into(),
                 worker.into(),
@@ -279,11 +282,20 @@ pub async fn complete_backup<C: ConnectionTrait>(
             ],
         ))
         .await?;
-    let completed: i64 = match row {
-        Some(row) => row.try_get("", "completed")?,
-        None => 0,
+    let (completed, woken): (i64, i64) = match row {
+        Some(row) => (row.try_get("", "completed")?, row.try_get("", "woken")?),
+        None => (0, 0),
     };
-    Ok(completed == 1)
+    Ok(Completion { completed: completed == 1, woken: woken.max(0) as u64 })
+}
+
+/// What [`complete_backup`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The backup is `COMPLETED` now, by this call.
+    pub completed: bool,
+    /// Outbox entries written for the instance's waiting backups.
+    pub woken: u64,
 }
 
 /// Any state before `COMPLETED` → `FAILED` with `reason`. With `worker`, only

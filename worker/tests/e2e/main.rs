@@ -12,4 +12,5 @@ mod progress;
 mod quotas;
 mod rules;
 mod scale_out;
+mod submissions;
 mod walkthrough;
