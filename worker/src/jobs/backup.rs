@@ -19,8 +19,7 @@ use super::{Disposition, Interrupted, Receipt, dispose, hand_back, retry_db};
 use crate::{JobContext, lease};
 
 pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &CancellationToken) -> anyhow::Result<()> {
-    let worker = ctx.config.worker_id.as_str();
-    let claim = lifecycle::claim_backup(&ctx.db, id, worker, ctx.config.lease).await?;
+    let claim = ctx.batches.claim(id).await?;
     receipt.ack().await;
     let claimed = match claim {
         BackupClaim::Claimed(claimed) => *claimed,
@@ -111,7 +110,7 @@ async fn record(
     if artifact.pack_objects > 0 {
         retry_db(|| lifecycle::mark_saving(&ctx.db, row.id, worker)).await?;
     }
-    let completion = retry_db(|| lifecycle::complete_backup(&ctx.db, row.id, worker, artifact)).await?;
+    let completion = retry_db(|| ctx.batches.complete(row.id, artifact.clone())).await?;
     // A retried commit may have succeeded the first time: look before
     // treating "nothing updated" as "someone else owns it".
     let ours = completion.completed

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod batches;
 mod encryption;
 mod faults;
 mod hostile;
