@@ -30,6 +30,10 @@
 //! of the batch, as a failed commit was before (whether it took effect is
 //! unknown, and a retry could record a backup twice).
 //!
+//! A request whose client goes away before its answer is still recorded if
+//! its batch commits, as a lone request was when the client went away
+//! during its commit; the client learns of it by listing its backups.
+//!
 //! Quotas stay exact: a project's advisory lock is taken (projects in sorted
 //! order, so two batchers of two API processes cannot deadlock) before its
 //! usage is counted and held until the commit, and the batch counts its own
