@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 pub mod quota;
 mod routes;
+pub mod submit;
 pub mod tokens;
 mod views;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub quotas: quota::Quotas,
     /// Tokens verified in the last `CAIRN_TOKEN_CACHE_SECONDS`.
     pub tokens: std::sync::Arc<tokens::TokenCache>,
+    /// Records `POST /backups` in batches (group commit).
+    pub submits: submit::Submitter,
 }
 
 /// The API's routes over `state`.
@@ -82,13 +85,15 @@ impl Application {
         let nudge = Nudge::default();
         let broker = Broker::new(&config.amqp_url, &config.queue_prefix);
         let relay = tokio::spawn(cairn_shared::outbox::run_relay(db.clone(), broker, nudge.clone(), shutdown.clone()));
+        let quotas = quota::Quotas { backups: config.quota_backups, bytes: config.quota_bytes };
         let state = AppState {
+            submits: submit::Submitter::start(db.clone(), quotas, nudge.clone()),
             db,
             volume_roots: config.volume_roots.clone(),
             default_volume_dir: config.default_volume_dir(),
             nudge,
             auth: config.auth,
-            quotas: quota::Quotas { backups: config.quota_backups, bytes: config.quota_bytes },
+            quotas,
             tokens: std::sync::Arc::new(tokens::TokenCache::new(config.token_cache)),
         };
         let app = router(state);

@@ -30,6 +30,9 @@ pub async fn connect_and_migrate(database_url: &str) -> anyhow::Result<DatabaseC
 /// Arbitrary, fixed key of the migration lock.
 const MIGRATION_LOCK: i64 = 0x6361_6972_6e00_0000;
 
+/// How long a pooled connection may sit idle before a checkout pings it.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// Connects to an existing database.
 pub async fn connect(database_url: &str) -> anyhow::Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(database_url);
@@ -37,6 +40,13 @@ pub async fn connect(database_url: &str) -> anyhow::Result<DatabaseConnection> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
+        // A pooled connection used in the last second is handed out as it
+        // is; one idle for longer is pinged first (PostgreSQL may have
+        // restarted meanwhile). Pinging every checkout, sqlx's default,
+        // cost a round trip per statement outside a transaction: on the job
+        // path, the claim, the completion and every batch of the relay and
+        // of the submissions.
+        .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
         .sqlx_logging(false);
     (|| Database::connect(opts.clone()))
         .retry(retry_policy())

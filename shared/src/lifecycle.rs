@@ -110,14 +110,29 @@ pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
     // the instance and parent fields the job needs (read after the claim
     // matched, from the statement's snapshot; neither can change under a
     // running backup: a delete is refused while it runs).
-    let claim = stmt(
+    let claim = stmt(&claim_sql("b.id = $1"), vec![id.into(), worker.into(), lease_secs(lease)]);
+    match db.query_one_raw(claim).await {
+        Ok(Some(res)) => return Ok(BackupClaim::Claimed(Box::new(claimed_from(&res)?))),
+        Ok(None) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Ok(BackupClaim::Waiting("another backup of this instance is running".into()));
+        }
+        Err(e) => return Err(e),
+    }
+    explain_unclaimed(db, id).await
+}
+
+/// The claim statement for the backups `filter` selects (`$1`: the id or
+/// ids, `$2`: the worker, `$3`: the lease in seconds).
+fn claim_sql(filter: &str) -> String {
+    format!(
         r#"WITH claimed AS (
                UPDATE backups b
                   SET status = CASE WHEN b.status = 'NEW' THEN 'BUILDING' ELSE b.status END,
                       lease_owner = $2,
                       lease_expires = now() + make_interval(secs => $3),
                       attempts = attempts + 1, fail_reason = NULL, updated = now()
-                WHERE b.id = $1
+                WHERE {filter}
                   AND (b.status = 'NEW'
                        OR (b.status IN ('BUILDING', 'SAVING') AND b.lease_expires < now()))
                   AND (b.parent_id IS NULL
@@ -130,37 +145,52 @@ pub async fn claim_backup<C: ConnectionTrait + TransactionTrait>(
                   p.artifact_prefix AS claim_parent_artifact_prefix
              FROM claimed c
              LEFT JOIN instances i ON i.id = c.instance_id
-             LEFT JOIN backups p ON p.id = c.parent_id"#,
-        vec![id.into(), worker.into(), lease_secs(lease)],
-    );
-    match db.query_one_raw(claim).await {
-        Ok(Some(res)) => {
-            let row = backup::Model::from_query_result(&res, "")?;
-            let instance = match res.try_get::<Option<Uuid>>("", "claim_instance_id")? {
-                Some(_) => Some(ClaimedInstance {
-                    datastore_type: res.try_get("", "claim_instance_datastore_type")?,
-                    volume_path: res.try_get("", "claim_instance_volume_path")?,
-                }),
-                None => None,
-            };
-            let parent = match res.try_get::<Option<Uuid>>("", "claim_parent_id")? {
-                Some(pid) => Some(ParentArtifact {
-                    id: pid,
-                    checksum: res.try_get("", "claim_parent_checksum")?,
-                    artifact_prefix: res.try_get("", "claim_parent_artifact_prefix")?,
-                }),
-                None => None,
-            };
-            return Ok(BackupClaim::Claimed(Box::new(ClaimedBackup { row, instance, parent })));
-        }
-        Ok(None) => {}
-        Err(e) if is_unique_violation(&e) => {
-            return Ok(BackupClaim::Waiting("another backup of this instance is running".into()));
-        }
-        Err(e) => return Err(e),
-    }
+             LEFT JOIN backups p ON p.id = c.parent_id"#
+    )
+}
 
-    // Not claimed: find out why, from the rows as they are now.
+fn claimed_from(res: &sea_orm::QueryResult) -> Result<ClaimedBackup, DbErr> {
+    let row = backup::Model::from_query_result(res, "")?;
+    let instance = match res.try_get::<Option<Uuid>>("", "claim_instance_id")? {
+        Some(_) => Some(ClaimedInstance {
+            datastore_type: res.try_get("", "claim_instance_datastore_type")?,
+            volume_path: res.try_get("", "claim_instance_volume_path")?,
+        }),
+        None => None,
+    };
+    let parent = match res.try_get::<Option<Uuid>>("", "claim_parent_id")? {
+        Some(pid) => Some(ParentArtifact {
+            id: pid,
+            checksum: res.try_get("", "claim_parent_checksum")?,
+            artifact_prefix: res.try_get("", "claim_parent_artifact_prefix")?,
+        }),
+        None => None,
+    };
+    Ok(ClaimedBackup { row, instance, parent })
+}
+
+/// Claims, in one statement, every backup of `ids` that [`claim_backup`]
+/// would claim, and returns them. The statement is atomic: if claiming them
+/// all would break rule 3 (two of one instance, or one whose instance runs
+/// a backup already), it fails with a unique violation and claims nothing,
+/// and the caller claims them one by one. An id listed twice is claimed
+/// once. The ids not returned were not claimable: [`explain_unclaimed`]
+/// says why.
+pub async fn claim_backups<C: ConnectionTrait>(
+    db: &C,
+    ids: &[Uuid],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<ClaimedBackup>, DbErr> {
+    let rows = db
+        .query_all_raw(stmt(&claim_sql("b.id = ANY($1)"), vec![ids.to_vec().into(), worker.into(), lease_secs(lease)]))
+        .await?;
+    rows.iter().map(claimed_from).collect()
+}
+
+/// Why backup `id` could not be claimed, from the rows as they are now; a
+/// backup whose parent failed is failed here.
+pub async fn explain_unclaimed<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<BackupClaim, DbErr> {
     let Some(row) = backup::Entity::find_by_id(id).one(db).await? else {
         return Ok(BackupClaim::NotRunnable);
     };
@@ -248,12 +278,15 @@ pub struct CompletedArtifact {
 /// CTEs of the same query, atomic as a transaction would make them. The
 /// wake's `SELECT` reads the snapshot from before the update, which cannot
 /// matter: the backup being completed was not `NEW`.
+///
+/// Says how many outbox entries it wrote, so the caller wakes its relay
+/// only when there is something to publish (most completions wake nobody).
 pub async fn complete_backup<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
     worker: &str,
     artifact: &CompletedArtifact,
-) -> Result<bool, DbErr> {
+) -> Result<Completion, DbErr> {
     let row = db
         .query_one_raw(stmt(
             r#"WITH done AS (
@@ -267,7 +300,7 @@ pub async fn complete_backup<C: ConnectionTrait>(
                    SELECT $7, w.id FROM backups w JOIN done ON w.instance_id = done.instance_id
                     WHERE w.status = 'NEW' ORDER BY w.created
                 RETURNING 1)
-               SELECT count(*) AS completed FROM done"#,
+               SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM woken) AS woken"#,
             vec![
                 id.into(),
                 worker.into(),
@@ -279,11 +312,77 @@ pub async fn complete_backup<C: ConnectionTrait>(
             ],
         ))
         .await?;
-    let completed: i64 = match row {
-        Some(row) => row.try_get("", "completed")?,
-        None => 0,
+    let (completed, woken): (i64, i64) = match row {
+        Some(row) => (row.try_get("", "completed")?, row.try_get("", "woken")?),
+        None => (0, 0),
     };
-    Ok(completed == 1)
+    Ok(Completion { completed: completed == 1, woken: woken.max(0) as u64 })
+}
+
+/// [`complete_backup`] for several backups of `worker` in one statement:
+/// each completes only if `worker` still owns it, exactly as alone. Says,
+/// for each item in order, whether this call completed it with that item's
+/// artifact (so of two attempts listed for one backup, only the one
+/// recorded counts as completed), and how many outbox entries it wrote.
+pub async fn complete_backups<C: ConnectionTrait>(
+    db: &C,
+    worker: &str,
+    items: &[(Uuid, CompletedArtifact)],
+) -> Result<(Vec<bool>, u64), DbErr> {
+    let ids: Vec<Uuid> = items.iter().map(|(id, _)| *id).collect();
+    let checksums: Vec<String> = items.iter().map(|(_, a)| a.checksum.clone()).collect();
+    let bytes: Vec<i64> = items.iter().map(|(_, a)| a.bytes as i64).collect();
+    let locations: Vec<String> = items.iter().map(|(_, a)| a.location_ref.clone()).collect();
+    let prefixes: Vec<String> = items.iter().map(|(_, a)| a.artifact_prefix.clone()).collect();
+    let rows = db
+        .query_all_raw(stmt(
+            r#"WITH input AS (
+                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[])
+                       AS t(id, checksum, bytes, location_ref, artifact_prefix)),
+               done AS (
+                   UPDATE backups b SET status = 'COMPLETED', checksum = i.checksum, bytes = i.bytes,
+                          location_ref = i.location_ref, artifact_prefix = i.artifact_prefix,
+                          progress_done = b.progress_total, lease_expires = NULL, updated = now()
+                     FROM input i
+                    WHERE b.id = i.id AND b.lease_owner = $6 AND b.status IN ('BUILDING', 'SAVING')
+                RETURNING b.id, b.instance_id, b.artifact_prefix),
+               woken AS (
+                   INSERT INTO outbox (kind, target_id)
+                   SELECT $7, w.id FROM backups w
+                    WHERE w.instance_id IN (SELECT instance_id FROM done) AND w.status = 'NEW'
+                    ORDER BY w.created
+                RETURNING 1)
+               SELECT d.id, d.artifact_prefix, (SELECT count(*) FROM woken) AS woken FROM done d"#,
+            vec![
+                ids.into(),
+                checksums.into(),
+                bytes.into(),
+                locations.into(),
+                prefixes.into(),
+                worker.into(),
+                JobKind::Backup.as_str().into(),
+            ],
+        ))
+        .await?;
+    let mut done = std::collections::HashSet::new();
+    let mut woken = 0i64;
+    for row in &rows {
+        let id: Uuid = row.try_get("", "id")?;
+        let prefix: String = row.try_get("", "artifact_prefix")?;
+        woken = row.try_get("", "woken")?;
+        done.insert((id, prefix));
+    }
+    let completed = items.iter().map(|(id, a)| done.contains(&(*id, a.artifact_prefix.clone()))).collect();
+    Ok((completed, woken.max(0) as u64))
+}
+
+/// What [`complete_backup`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The backup is `COMPLETED` now, by this call.
+    pub completed: bool,
+    /// Outbox entries written for the instance's waiting backups.
+    pub woken: u64,
 }
 
 /// Any state before `COMPLETED` → `FAILED` with `reason`. With `worker`, only

@@ -6,6 +6,7 @@
 //! message is harmless, and a worker that dies leaves nothing behind that
 //! another cannot pick up once the lease has expired.
 
+mod batch;
 mod consumer;
 mod jobs;
 mod lease;
@@ -29,6 +30,8 @@ pub struct JobContext {
     pub config: Config,
     /// Wakes this process's outbox relay.
     pub nudge: Nudge,
+    /// Claims and completions of this process, batched.
+    pub batches: batch::Batches,
 }
 
 /// Runs a worker until `shutdown` fires, then stops taking jobs, lets running
@@ -57,6 +60,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store,
         config: config.clone(),
         nudge: nudge.clone(),
+        batches: batch::Batches::start(db.clone(), config.worker_id.clone(), config.lease),
     });
     let background = TaskTracker::new();
     background.spawn(cairn_shared::outbox::run_relay(db.clone(), broker.clone(), nudge.clone(), shutdown.clone()));

@@ -7,13 +7,10 @@ use axum::{
 };
 use cairn_shared::{
     entities::{backup, instance},
-    lifecycle, outbox,
-    status::{BackupStatus, InstanceStatus, JobKind},
+    lifecycle,
 };
-use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,7 +22,8 @@ use crate::{
     auth::{self, Access},
     error::{ApiError, ApiResult},
     extract::JsonBody,
-    quota, views,
+    submit::NewBackup,
+    views,
 };
 
 /// `POST /backups` body.
@@ -105,87 +103,10 @@ pub async fn create(
         })?),
     };
 
-    let txn = state.db.begin().await?;
-    let inst = find_instance(&txn, &project, instance_id).await?;
-    if InstanceStatus::parse(&inst.status) != Some(InstanceStatus::Active) {
-        return Err(ApiError::Unprocessable(format!(
-            "instance {instance_id} is {}; only ACTIVE instances can be backed up",
-            inst.status
-        )));
-    }
-    let parent = match parent_id {
-        Some(pid) => {
-            // FOR SHARE: a concurrent delete of the parent either finishes
-            // first (and we see DELETING) or waits for this insert.
-            let parent = backup::Entity::find_by_id(pid)
-                .filter(backup::Column::ProjectId.eq(&project))
-                .filter(backup::Column::InstanceId.eq(instance_id))
-                .lock_shared()
-                .one(&txn)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Unprocessable(format!("parent backup {pid} is not a backup of instance {instance_id}"))
-                })?;
-            match BackupStatus::parse(&parent.status) {
-                Some(BackupStatus::New | BackupStatus::Building | BackupStatus::Saving | BackupStatus::Completed) => {}
-                Some(status) => {
-                    return Err(ApiError::Unprocessable(format!(
-                        "parent backup {pid} is {status} and cannot be built upon"
-                    )));
-                }
-                None => return Err(anyhow::anyhow!("backup {pid} has unknown status {}", parent.status).into()),
-            }
-            Some(parent)
-        }
-        None if incremental => {
-            backup::Entity::find()
-                .filter(backup::Column::ProjectId.eq(&project))
-                .filter(backup::Column::InstanceId.eq(instance_id))
-                .filter(backup::Column::Status.eq(BackupStatus::Completed.as_str()))
-                .order_by_desc(backup::Column::Created)
-                .lock_shared()
-                .one(&txn)
-                .await?
-        }
-        None => None,
-    };
-    // Last, so that a request that is wrong anyway is told why; under a
-    // lock held until commit, so racing submissions cannot both pass.
-    quota::admit_backup(&txn, state.quotas, &project).await?;
-
-    let now = Utc::now();
-    let row = backup::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        project_id: Set(project),
-        instance_id: Set(instance_id),
-        parent_id: Set(parent.map(|p| p.id)),
-        name: Set(name),
-        description: Set(description),
-        status: Set(BackupStatus::New.as_str().into()),
-        datastore_type: Set(inst.datastore_type.clone()),
-        datastore_version: Set(inst.datastore_version.clone()),
-        bytes: Set(None),
-        checksum: Set(None),
-        location_ref: Set(None),
-        artifact_prefix: Set(None),
-        progress_done: Set(None),
-        progress_total: Set(None),
-        fail_reason: Set(None),
-        lease_owner: Set(None),
-        lease_expires: Set(None),
-        attempts: Set(0),
-        verify_status: Set(None),
-        verify_message: Set(None),
-        verified_at: Set(None),
-        created: Set(now),
-        updated: Set(now),
-    }
-    .insert(&txn)
-    .await?;
-    outbox::enqueue(&txn, JobKind::Backup, row.id).await?;
-    txn.commit().await?;
-    state.nudge.wake();
-    tracing::info!(backup_id = %row.id, instance_id = %row.instance_id, parent_id = ?row.parent_id, "backup accepted");
+    // Recorded with the submissions arriving meanwhile, in one transaction
+    // (see `crate::submit`); answered once that has committed.
+    let row =
+        state.submits.submit(NewBackup { project, instance_id, parent_id, incremental, name, description }).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "backup": views::backup(&row) }))))
 }
 

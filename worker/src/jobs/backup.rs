@@ -19,8 +19,7 @@ use super::{Disposition, Interrupted, Receipt, dispose, hand_back, retry_db};
 use crate::{JobContext, lease};
 
 pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &CancellationToken) -> anyhow::Result<()> {
-    let worker = ctx.config.worker_id.as_str();
-    let claim = lifecycle::claim_backup(&ctx.db, id, worker, ctx.config.lease).await?;
+    let claim = ctx.batches.claim(id).await?;
     receipt.ack().await;
     let claimed = match claim {
         BackupClaim::Claimed(claimed) => *claimed,
@@ -111,10 +110,10 @@ async fn record(
     if artifact.pack_objects > 0 {
         retry_db(|| lifecycle::mark_saving(&ctx.db, row.id, worker)).await?;
     }
-    let completed = retry_db(|| lifecycle::complete_backup(&ctx.db, row.id, worker, artifact)).await?;
+    let completion = retry_db(|| ctx.batches.complete(row.id, artifact.clone())).await?;
     // A retried commit may have succeeded the first time: look before
     // treating "nothing updated" as "someone else owns it".
-    let ours = completed
+    let ours = completion.completed
         || backup::Entity::find_by_id(row.id)
             .one(&ctx.db)
             .await?
@@ -124,7 +123,11 @@ async fn record(
         let _ = ctx.store.delete_prefix(attempt_prefix, None).await;
         return Ok(());
     }
-    ctx.nudge.wake();
+    // Wake the relay only if the completion queued something; if a
+    // retried commit hid what it queued, the relay's poll finds it.
+    if completion.woken > 0 {
+        ctx.nudge.wake();
+    }
     tracing::info!(bytes = artifact.bytes, checksum = %artifact.checksum, "backup completed");
     // Objects of earlier, abandoned attempts are never referenced. The
     // first attempt has none (every claim numbers a new attempt), so it

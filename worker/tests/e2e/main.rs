@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod batches;
 mod encryption;
 mod faults;
 mod hostile;
@@ -12,4 +13,5 @@ mod progress;
 mod quotas;
 mod rules;
 mod scale_out;
+mod submissions;
 mod walkthrough;
