@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::DeltaError;
 use crate::manifest::*;
 use crate::sync::Syncer;
+use crate::tree_hash;
 use crate::{BackupOptions, FORMAT_VERSION, LinkIds, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Progress, codec};
 
 /// Upper bound of the raw bytes in one stored run (one zstd frame).
@@ -101,11 +102,11 @@ pub fn backup_tree(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<BackupOutput, DeltaError> {
     check_options(opts)?;
-    let block_size = match parent {
-        None => opts.block_size,
+    let (block_size, hash_kind) = match parent {
+        None => (opts.block_size, BlockHashKind::FileTree),
         Some((p, sum)) => {
             check_parent(p, sum, ids)?;
-            p.header.block_size
+            (p.header.block_size, p.header.block_hashes)
         }
     };
     let mut packs = PackSink::start(staging_dir, opts.pack_target_size)?;
@@ -113,6 +114,7 @@ pub fn backup_tree(
         parent: parent.map(|(m, _)| m),
         parent_inodes: None,
         block_size,
+        hash_kind,
         packs: &mut packs,
         zstd_level: opts.zstd_level,
         stats: BackupStats::default(),
@@ -135,6 +137,7 @@ pub fn backup_tree(
             parent: parent
                 .map(|(p, sum)| ParentRef { backup_id: p.header.backup_id, checksum: sum.to_ascii_lowercase() }),
             block_size,
+            block_hashes: hash_kind,
             packs: staged
                 .iter()
                 .map(|p| PackRef { name: p.name.clone(), size: p.size, blake3: p.blake3.clone() })
@@ -197,6 +200,7 @@ struct Backup<'a> {
     /// that is new at its path may be an old one renamed.
     parent_inodes: Option<HashMap<u64, (&'a str, &'a FileEntry)>>,
     block_size: u32,
+    hash_kind: BlockHashKind,
     zstd_level: i32,
     packs: &'a mut PackSink,
     stats: BackupStats,
@@ -224,6 +228,15 @@ struct ChunkJob<'m> {
     /// The parent's block hashes of this file, if it had one.
     parent_hashes: Option<&'m [BlockHash]>,
     reply: mpsc::SyncSender<Result<ChunkDone, String>>,
+}
+
+/// How the hashing threads hash blocks.
+#[derive(Clone, Copy)]
+struct Hashing {
+    block_size: usize,
+    kind: BlockHashKind,
+    /// The hash of a full block of zeros, for a `Standalone` chain.
+    standalone_zero: BlockHash,
 }
 
 /// What a worker made of a chunk.
@@ -309,7 +322,7 @@ struct Pipeline<'m> {
 }
 
 /// Hashes, compares and compresses chunks until the job channel closes.
-fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, block_size: usize, zstd_level: i32, zero_hash: BlockHash) {
+fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, hashing: Hashing, zstd_level: i32) {
     let mut compressor = zstd::bulk::Compressor::new(zstd_level).ok();
     loop {
         let job = {
@@ -319,17 +332,11 @@ fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, block_size: usize, z
                 Err(_) => return,
             }
         };
-        let ChunkJob { data, first_block, offset, whole, parent_hashes, reply } = job;
-        let digest = if whole {
-            ChunkDigest::Root(*blake3::hash(&data).as_bytes())
-        } else {
-            use blake3::hazmat::HasherExt;
-            ChunkDigest::Subtree(blake3::Hasher::new().set_input_offset(offset).update(&data).finalize_non_root())
-        };
         let result = match compressor.as_mut() {
-            Some(c) => prepare_chunk(data, first_block, parent_hashes, block_size, c, zero_hash, digest),
+            Some(c) => prepare_chunk(job.data, job.first_block, job.offset, job.whole, job.parent_hashes, &hashing, c),
             None => Err(format!("zstd level {zstd_level} rejected")),
         };
+        let reply = job.reply;
         // The reader may have stopped on an error: nobody waits then.
         let _ = reply.send(result);
     }
@@ -338,15 +345,18 @@ fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, block_size: usize, z
 fn prepare_chunk(
     data: Vec<u8>,
     first_block: u64,
+    offset: u64,
+    whole: bool,
     parent_hashes: Option<&[BlockHash]>,
-    bs: usize,
+    hashing: &Hashing,
     compressor: &mut zstd::bulk::Compressor<'static>,
-    zero_hash: BlockHash,
-    digest: ChunkDigest,
 ) -> Result<ChunkDone, String> {
+    let bs = hashing.block_size;
+    // FileTree: the blocks' chaining values, merged into the chunk's.
+    let mut values = Vec::new();
     let mut done = ChunkDone {
         data: Vec::new(),
-        digest,
+        digest: ChunkDigest::Root([0; 32]),
         hashes: Vec::with_capacity(data.len().div_ceil(bs)),
         runs: Vec::new(),
         blocks_stored: 0,
@@ -370,7 +380,15 @@ fn prepare_chunk(
     for (i, block) in data.chunks(bs).enumerate() {
         let index = first_block + i as u64;
         let zero = is_zero(block);
-        let h = if zero && block.len() == bs { zero_hash } else { block_hash(block) };
+        let h = match hashing.kind {
+            BlockHashKind::Standalone if zero && block.len() == bs => hashing.standalone_zero,
+            BlockHashKind::Standalone => block_hash(block),
+            BlockHashKind::FileTree => {
+                let value = tree_hash::subtree_value(block, offset + (i * bs) as u64);
+                values.push(value);
+                tree_hash::truncate(&value)
+            }
+        };
         done.hashes.push(h);
         let from = i * bs;
         let to = from + block.len();
@@ -396,6 +414,12 @@ fn prepare_chunk(
         }
     }
     close(&mut run, &mut done.runs)?;
+    done.digest = match (hashing.kind, whole) {
+        (BlockHashKind::FileTree, false) => ChunkDigest::Subtree(tree_hash::merge(&values)),
+        (BlockHashKind::FileTree, true) if values.len() >= 2 => ChunkDigest::Root(tree_hash::merge_root(&values)),
+        (_, true) => ChunkDigest::Root(*blake3::hash(&data).as_bytes()),
+        (BlockHashKind::Standalone, false) => ChunkDigest::Subtree(tree_hash::subtree_value(&data, offset)),
+    };
     done.data = data;
     Ok(done)
 }
@@ -407,12 +431,13 @@ impl<'a> Backup<'a> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let (jobs_tx, jobs_rx) = mpsc::sync_channel::<ChunkJob<'_>>(threads);
         let jobs_rx = Mutex::new(jobs_rx);
-        let (bs, level) = (self.block_size as usize, self.zstd_level);
-        let zero_hash = block_hash(&vec![0u8; bs]);
+        let bs = self.block_size as usize;
+        let hashing = Hashing { block_size: bs, kind: self.hash_kind, standalone_zero: block_hash(&vec![0u8; bs]) };
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let jobs_rx = &jobs_rx;
-                scope.spawn(move || chunk_worker(jobs_rx, bs, level, zero_hash));
+                let level = self.zstd_level;
+                scope.spawn(move || chunk_worker(jobs_rx, hashing, level));
             }
             let mut pipe = Pipeline {
                 jobs: Some(jobs_tx),
@@ -838,35 +863,20 @@ fn is_zero(data: &[u8]) -> bool {
         && rest.iter().all(|&b| b == 0)
 }
 
-/// A file's BLAKE3 from its chunks' parts, in order: BLAKE3's tree puts
-/// the largest power of two of whole chunks (here 1 MiB subtrees) on the
-/// left, recursively, and only the top node is finalized as the root.
+/// A file's BLAKE3 from its chunks' parts, in order (see [`tree_hash`]).
 fn file_blake3(digests: &[ChunkDigest]) -> [u8; 32] {
-    use blake3::hazmat::{ChainingValue, Mode, merge_subtrees_non_root, merge_subtrees_root};
-    fn cv(d: &ChunkDigest) -> &ChainingValue {
-        match d {
-            ChunkDigest::Subtree(cv) => cv,
-            ChunkDigest::Root(_) => unreachable!("a root is only made for a one-chunk file"),
-        }
-    }
-    fn subtree(ds: &[ChunkDigest]) -> ChainingValue {
-        if ds.len() == 1 {
-            return *cv(&ds[0]);
-        }
-        let left = left_count(ds.len());
-        merge_subtrees_non_root(&subtree(&ds[..left]), &subtree(&ds[left..]), Mode::Hash)
-    }
-    /// The largest power of two below `n` (n >= 2): the left subtree's chunks.
-    fn left_count(n: usize) -> usize {
-        1 << (usize::BITS - 1 - (n - 1).leading_zeros())
-    }
     match digests {
         [] => *blake3::hash(b"").as_bytes(),
         [ChunkDigest::Root(root)] => *root,
-        [only] => *cv(only), // unreachable: a lone chunk is made a root
         ds => {
-            let left = left_count(ds.len());
-            *merge_subtrees_root(&subtree(&ds[..left]), &subtree(&ds[left..]), Mode::Hash).as_bytes()
+            let values: Vec<_> = ds
+                .iter()
+                .map(|d| match d {
+                    ChunkDigest::Subtree(value) => *value,
+                    ChunkDigest::Root(_) => unreachable!("a root is only made for a one-chunk file"),
+                })
+                .collect();
+            tree_hash::merge_root(&values)
         }
     }
 }

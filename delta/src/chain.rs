@@ -47,6 +47,7 @@ pub fn verify_chain(links: &[ChainLink]) -> Result<(), DeltaError> {
     };
     let instance = root.manifest.header.instance_id;
     let block_size = root.manifest.header.block_size;
+    let block_hashes = root.manifest.header.block_hashes;
     for (k, link) in links.iter().enumerate() {
         let h = &link.manifest.header;
         if h.instance_id != instance {
@@ -57,6 +58,12 @@ pub fn verify_chain(links: &[ChainLink]) -> Result<(), DeltaError> {
         }
         if h.block_size != block_size {
             return Err(fail(k, format!("block size {} differs from the chain's {}", h.block_size, block_size)));
+        }
+        if h.block_hashes != block_hashes {
+            return Err(fail(
+                k,
+                format!("block hashes of kind {:?} differ from the chain's {:?}", h.block_hashes, block_hashes),
+            ));
         }
         if let Some(j) = links[..k].iter().position(|l| l.manifest.header.backup_id == h.backup_id) {
             return Err(fail(k, format!("same backup as link {}", j + 1)));

@@ -64,6 +64,9 @@ const KIND_FILE: u8 = 1;
 const KIND_SYMLINK: u8 = 2;
 const KIND_HARDLINK: u8 = 3;
 
+const HASHES_STANDALONE: u8 = 0;
+const HASHES_FILE_TREE: u8 = 1;
+
 const COMP_ZSTD: u8 = 0;
 const COMP_RAW: u8 = 1;
 const COMP_ZERO: u8 = 2;
@@ -84,6 +87,12 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
         }
     }
     put_var(&mut b, u64::from(h.block_size));
+    if h.format_version >= 3 {
+        b.push(match h.block_hashes {
+            BlockHashKind::Standalone => HASHES_STANDALONE,
+            BlockHashKind::FileTree => HASHES_FILE_TREE,
+        });
+    }
     put_var(&mut b, h.packs.len() as u64);
     for p in &h.packs {
         put_str(&mut b, &p.name);
@@ -224,6 +233,14 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
         x => return Err(DeltaError::corrupt(format!("bad parent flag {x}"))),
     };
     let block_size = r.u32("block size")?;
+    let block_hashes = match version {
+        1 | 2 => BlockHashKind::Standalone,
+        _ => match r.u8("block hash kind")? {
+            HASHES_STANDALONE => BlockHashKind::Standalone,
+            HASHES_FILE_TREE => BlockHashKind::FileTree,
+            x => return Err(DeltaError::corrupt(format!("bad block hash kind {x}"))),
+        },
+    };
     let npacks = r.var("pack count")?;
     let mut packs = Vec::with_capacity(npacks.min(1024) as usize);
     for _ in 0..npacks {
@@ -275,7 +292,7 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
         entries.push(Entry { path, kind, mode, mtime, uid, gid });
     }
     Ok(Manifest {
-        header: Header { format_version: version, backup_id, instance_id, parent, block_size, packs },
+        header: Header { format_version: version, backup_id, instance_id, parent, block_size, block_hashes, packs },
         entries,
     })
 }
@@ -358,6 +375,9 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
     check_version(h.format_version)?;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) || !h.block_size.is_power_of_two() {
         return bad(format!("block size {} out of range", h.block_size));
+    }
+    if h.format_version < 3 && h.block_hashes != BlockHashKind::Standalone {
+        return bad(format!("file-tree block hashes in a version {} manifest", h.format_version));
     }
     if let Some(p) = &h.parent {
         if !is_hex64(&p.checksum) {

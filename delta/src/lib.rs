@@ -37,6 +37,7 @@ mod error;
 mod manifest;
 mod restore;
 mod sync;
+mod tree_hash;
 
 pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree};
 pub use chain::{ChainLink, verify_chain};
@@ -46,16 +47,17 @@ pub use codec::{
 };
 pub use error::DeltaError;
 pub use manifest::{
-    BlockHash, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, Header, Manifest, PackRef, ParentRef,
-    Timestamp, block_count, block_hash, checksum,
+    BlockHash, BlockHashKind, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, Header, Manifest,
+    PackRef, ParentRef, Timestamp, block_count, block_hash, checksum,
 };
 pub use restore::{PackSource, RestoreStats, decode_run, restore_chain};
 
 /// Version of the manifest encoding written (and of the pack layout it
-/// implies). Version 2 added a file's rename base ([`FileEntry::base`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// implies). Version 2 added a file's rename base ([`FileEntry::base`]);
+/// version 3 the chain's [`BlockHashKind`].
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version still read: chains begun before an upgrade restore,
-/// and take version 2 children.
+/// and take children of the current version.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Smallest accepted block size.

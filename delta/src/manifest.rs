@@ -20,8 +20,23 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-/// Compact per-block hash: the first 16 bytes of the block's BLAKE3.
+/// Compact per-block hash: 16 bytes of BLAKE3, made as [`BlockHashKind`] says.
 pub type BlockHash = [u8; 16];
+
+/// How a chain's block hashes are made. Fixed by the chain's root, like the
+/// block size, because a child's blocks are compared with its parent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum BlockHashKind {
+    /// Manifest versions 1 and 2: the block's own BLAKE3 hash. Reading a
+    /// file cost two BLAKE3 passes: one for its blocks, one for the file.
+    Standalone,
+    /// From version 3: the block's chaining value in its file's BLAKE3
+    /// tree. A block of 2^k KiB at a multiple of its size is a complete
+    /// subtree, so the blocks' values merge into the file's BLAKE3 and one
+    /// pass gives both (`cargo run --release -p cairn-bench --bin block-hashing`
+    /// measures the two kinds).
+    FileTree,
+}
 
 /// Seconds and nanoseconds since the Unix epoch (nanosecond precision is kept
 /// because databases and `make`-like tools care about it).
@@ -56,6 +71,9 @@ pub struct Header {
     pub parent: Option<ParentRef>,
     /// Fixed for a whole chain (set by its root).
     pub block_size: u32,
+    /// Fixed for a whole chain (set by its root); always `Standalone`
+    /// before format version 3.
+    pub block_hashes: BlockHashKind,
     /// Packs of this backup; [`BlockRun::pack`] indexes this list.
     pub packs: Vec<PackRef>,
 }
@@ -223,12 +241,9 @@ pub(crate) fn block_len(size: u64, block_size: u32, index: u64) -> u64 {
     size.saturating_sub(index * bs).min(bs)
 }
 
-/// The compact per-block hash.
+/// The compact per-block hash of a [`BlockHashKind::Standalone`] chain.
 pub fn block_hash(data: &[u8]) -> BlockHash {
-    let full = blake3::hash(data);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full.as_bytes()[..16]);
-    out
+    crate::tree_hash::truncate(blake3::hash(data).as_bytes())
 }
 
 /// BLAKE3 hex checksum, as used for manifests and packs.

@@ -44,6 +44,7 @@ use crate::codec::validate;
 use crate::error::DeltaError;
 use crate::manifest::*;
 use crate::sync::Syncer;
+use crate::tree_hash::BlockValues;
 
 /// Reads byte ranges of a backup's packs (the caller fetches them from
 /// object storage). `Sync` so a restore can later fetch in parallel.
@@ -98,13 +99,15 @@ fn apply(
     let n = links.len();
     let last = &links[n - 1].manifest;
     let bs = last.header.block_size;
-    let zero_full = block_hash(&vec![0u8; bs as usize]);
+    let kind = last.header.block_hashes;
 
-    // 1. Plan: newest-first resolution of every block.
+    // 1. Plan: newest-first resolution of every block. The values of zero
+    // blocks (never written) are taken here for the check of step 4.
     let mut plan: Vec<Vec<Piece>> = (0..n).map(|_| Vec::new()).collect();
+    let mut zero_values = BlockValues::new(kind);
     for (idx, e) in last.entries.iter().enumerate() {
         if let EntryKind::File(f) = &e.kind {
-            resolve_file(links, idx, &e.path, f, bs, &zero_full, &mut plan)?;
+            resolve_file(links, idx, &e.path, f, bs, &mut zero_values, &mut plan)?;
         }
     }
 
@@ -179,23 +182,30 @@ fn apply(
             results.into_iter().try_for_each(|r| r.unwrap_or_else(|_| Err(panicked("writing"))))
         })?;
     }
+    let mut values = zero_values;
     for w in writers {
-        let s = w.finish()?;
+        let (s, v) = w.finish()?;
         stats.blocks_written += s.blocks_written;
         stats.bytes_written += s.bytes_written;
+        values.absorb(v);
     }
 
-    // 4. Verify every file against the last manifest, on every core.
-    let files: Vec<(usize, &Entry)> =
-        last.entries.iter().enumerate().filter(|(_, e)| matches!(e.kind, EntryKind::File(_))).collect();
+    // 4. Verify every file against the last manifest. A file-tree chain's
+    // files are checked from the values of the blocks just written (each
+    // block was hashed once, when it was checked); the files whose values
+    // are not complete, and a standalone chain's, are read back and hashed
+    // on every core.
+    let (mut mismatch, unchecked) = values.check(last);
+    let files: Vec<(usize, &Entry)> = unchecked.into_iter().map(|i| (i, &last.entries[i])).collect();
     let per = files.len().div_ceil(threads).max(1);
-    let mismatch = std::thread::scope(|scope| {
+    let read_back = std::thread::scope(|scope| {
         let running: Vec<_> = files.chunks(per).map(|share| scope.spawn(move || verify_files(target, share))).collect();
         let results: Vec<_> = running.into_iter().map(|t| t.join()).collect();
         results.into_iter().map(|r| r.unwrap_or_else(|_| Err(panicked("verifying")))).collect::<Result<Vec<_>, _>>()
     })?;
+    mismatch.extend(read_back.into_iter().flatten());
     let last_id = links[n - 1].manifest.header.backup_id;
-    if let Some((e, actual)) = mismatch.into_iter().flatten().min_by_key(|(e, _)| e.path.as_str()) {
+    if let Some((e, actual)) = mismatch.into_iter().min_by_key(|(e, _)| e.path.as_str()) {
         let EntryKind::File(f) = &e.kind else { unreachable!("only files are verified") };
         return Err(DeltaError::ContentMismatch {
             path: e.path.clone(),
@@ -253,10 +263,12 @@ fn resolve_file<'m>(
     path: &'m str,
     f: &FileEntry,
     bs: u32,
-    zero_full: &BlockHash,
+    zero_values: &mut BlockValues,
     plan: &mut [Vec<Piece>],
 ) -> Result<(), DeltaError> {
     let nblocks = f.block_hashes.len() as u64;
+    // A block of zeros, made when a zero run is first checked.
+    let mut zeros: Vec<u8> = Vec::new();
     let mut resolved = vec![false; nblocks as usize];
     let mut remaining = nblocks;
     let mut k = links.len();
@@ -295,11 +307,8 @@ fn resolve_file<'m>(
                         if run.compression == Compression::Zero {
                             for j in s..i {
                                 let len = block_len(f.size, bs, j);
-                                let zh = if len == u64::from(bs) {
-                                    *zero_full
-                                } else {
-                                    block_hash(&vec![0u8; len as usize])
-                                };
+                                zeros.resize(bs as usize, 0);
+                                let zh = zero_values.hash(idx, j, nblocks, &zeros[..len as usize], u64::from(bs));
                                 if zh != f.block_hashes[j as usize] {
                                     return Err(DeltaError::Resolve {
                                         path: path.to_string(),
@@ -573,6 +582,7 @@ struct ContentWriter<'t> {
     decompressor: zstd::bulk::Decompressor<'static>,
     open: Option<OpenFile>,
     stats: RestoreStats,
+    values: BlockValues,
 }
 
 impl<'t> ContentWriter<'t> {
@@ -586,6 +596,7 @@ impl<'t> ContentWriter<'t> {
             decompressor: zstd::bulk::Decompressor::new().map_err(|e| DeltaError::io(target, "starting zstd", e))?,
             open: None,
             stats: RestoreStats::default(),
+            values: BlockValues::new(last.header.block_hashes),
         })
     }
 
@@ -606,7 +617,10 @@ impl<'t> ContentWriter<'t> {
                 let off = (j - p.run.first_block) * bsu;
                 let len = bsu.min(p.run.raw_len - off);
                 let block = &data[off as usize..(off + len) as usize];
-                if block_hash(block) != f.block_hashes[j as usize] || j * bsu + len > f.size {
+                let nblocks = f.block_hashes.len() as u64;
+                if self.values.hash(p.entry, j, nblocks, block, bsu) != f.block_hashes[j as usize]
+                    || j * bsu + len > f.size
+                {
                     return Err(DeltaError::PackData {
                         backup_id: header.backup_id,
                         pack: header.packs[p.run.pack as usize].name.clone(),
@@ -640,11 +654,11 @@ impl<'t> ContentWriter<'t> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<RestoreStats, DeltaError> {
+    fn finish(mut self) -> Result<(RestoreStats, BlockValues), DeltaError> {
         if let Some(done) = self.open.take() {
             done.sync_if_large(self.syncer, self.target, self.last)?;
         }
-        Ok(self.stats)
+        Ok((self.stats, self.values))
     }
 }
 
@@ -723,6 +737,7 @@ mod tests {
                 instance_id: Uuid::from_u128(2),
                 parent: None,
                 block_size: 4096,
+                block_hashes: BlockHashKind::FileTree,
                 packs: vec![],
             },
             entries: all,

@@ -137,6 +137,9 @@ fn a_base_is_validated_like_a_path_and_only_in_version_2() {
     let with_base = |base: &str, version: u32| {
         let mut m = good.clone();
         m.header.format_version = version;
+        if version < 3 {
+            m.header.block_hashes = BlockHashKind::Standalone;
+        }
         for e in &mut m.entries {
             if let EntryKind::File(f) = &mut e.kind {
                 f.base = Some(base.into());
@@ -150,25 +153,36 @@ fn a_base_is_validated_like_a_path_and_only_in_version_2() {
     }
     let err = validate(&with_base("a", 1)).unwrap_err();
     assert!(err.to_string().contains("version 1"), "{err}");
-    // Encoded and decoded, a v2 base survives; the bytes say version 2.
-    let bytes = encode_manifest(&good);
-    assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
-    assert_eq!(decode_manifest(&bytes).unwrap(), good);
+    // Encoded and decoded, a base survives in versions 2 and 3.
+    for version in [2, 3] {
+        let m = with_base("a", version);
+        let bytes = encode_manifest(&m);
+        assert_eq!(&bytes[8..12], &version.to_le_bytes());
+        assert_eq!(decode_manifest(&bytes).unwrap(), m);
+    }
 }
 
-/// Chains begun before version 2 still restore, and take version 2
-/// children.
+/// Chains begun before version 2 still restore, and take children of the
+/// current version, which keep the chain's standalone block hashes.
 #[test]
-fn a_version_1_parent_takes_a_version_2_child() {
+fn a_version_1_parent_takes_a_current_child() {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     let mut r = rng(15);
     write(&s.join("a"), &random_bytes(&mut r, 6 * BS));
     let mut chain = Chain::new(BackupOptions::default());
     chain.backup(s);
-    // Rewrite the root as version 1 (no base fields), as an older build did.
+    // Rewrite the root as version 1 (no base fields, standalone block
+    // hashes of the bytes backed up), as an older build wrote it.
     let mut root = chain.links[0].manifest.clone();
     root.header.format_version = 1;
+    root.header.block_hashes = BlockHashKind::Standalone;
+    let a = fs::read(s.join("a")).unwrap();
+    for e in &mut root.entries {
+        if let EntryKind::File(f) = &mut e.kind {
+            f.block_hashes = a.chunks(BS).map(block_hash).collect();
+        }
+    }
     let bytes = encode_manifest(&root);
     assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
     chain.links[0] = ChainLink::from_bytes(&bytes).unwrap();
@@ -176,9 +190,34 @@ fn a_version_1_parent_takes_a_version_2_child() {
     fs::rename(s.join("a"), s.join("b")).unwrap();
     let out = chain.backup(s).clone();
     assert_eq!(out.manifest.header.format_version, FORMAT_VERSION);
+    assert_eq!(out.manifest.header.block_hashes, BlockHashKind::Standalone);
     assert_eq!(file_entry(&out.manifest, "b").base.as_deref(), Some("a"));
+    assert_eq!(out.stats.blocks_stored, 0, "the renamed file's blocks match the v1 root's hashes");
     let (target, _) = chain.restore(1);
     assert_same(&snapshot(s), &snapshot(target.path()), "v1 root, v2 child");
     let (target, _) = chain.restore(0);
     assert_eq!(fs::read(target.path().join("a")).unwrap().len(), 6 * BS);
+}
+
+/// The kind of block hashes is the chain's: a link of another kind is
+/// refused by name, and a version 2 header cannot claim file-tree hashes.
+#[test]
+fn a_link_with_other_block_hashes_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    write(&s.join("a"), b"some bytes");
+    let mut chain = Chain::new(BackupOptions::default());
+    chain.backup(s);
+    write(&s.join("a"), b"other bytes");
+    chain.backup(s);
+    let mut child = chain.links[1].manifest.clone();
+    child.header.block_hashes = BlockHashKind::Standalone;
+    let links = vec![chain.links[0].clone(), ChainLink::from_bytes(&encode_manifest(&child)).unwrap()];
+    let err = verify_chain(&links).unwrap_err().to_string();
+    assert!(err.contains("link 2") && err.contains("block hashes of kind Standalone differ"), "{err}");
+
+    let mut v2 = chain.links[0].manifest.clone();
+    v2.header.format_version = 2;
+    let err = validate(&v2).unwrap_err().to_string();
+    assert!(err.contains("file-tree block hashes in a version 2 manifest"), "{err}");
 }

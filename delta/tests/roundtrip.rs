@@ -204,6 +204,11 @@ fn file_hashes_are_blake3_of_the_content_at_chunk_boundaries() {
         1023,
         1024,
         1025,
+        16383,
+        16384,
+        16385,
+        3 * 16384 + 1,
+        5 * 16384,
         MIB - 1,
         MIB,
         MIB + 1,
@@ -230,6 +235,12 @@ fn file_hashes_are_blake3_of_the_content_at_chunk_boundaries() {
         let EntryKind::File(f) = &out.manifest.find(&name).unwrap().kind else { panic!("{name} is a file") };
         let content = fs::read(src.path().join(&name)).unwrap();
         assert_eq!(f.blake3, *blake3::hash(&content).as_bytes(), "file of {size} bytes");
+        // One BLAKE3 pass gave the blocks' hashes too: each block's value
+        // in the file's tree.
+        assert_eq!(out.manifest.header.block_hashes, BlockHashKind::FileTree);
+        let expected: Vec<BlockHash> =
+            content.chunks(16384).enumerate().map(|(i, b)| BlockHashKind::FileTree.hash(b, i as u64 * 16384)).collect();
+        assert_eq!(f.block_hashes, expected, "block hashes of the file of {size} bytes");
     }
     let (target, _) = chain.restore(0);
     assert_same(&snapshot(src.path()), &snapshot(target.path()), "restored");
