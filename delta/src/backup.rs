@@ -246,6 +246,8 @@ struct ChunkDone {
     digest: ChunkDigest,
     hashes: Vec<BlockHash>,
     runs: Vec<PreparedRun>,
+    /// The frames the runs point into, and each one's decoded length.
+    frames: Vec<(Payload, u64)>,
     blocks_stored: u64,
     zero_blocks: u64,
     blocks_unchanged: u64,
@@ -266,14 +268,17 @@ struct PreparedRun {
     first_block: u64,
     count: u64,
     raw_len: u64,
-    /// `None` for a run of zero blocks (nothing stored).
-    payload: Option<Payload>,
+    /// The chunk's frame holding the run's bytes and where they start in
+    /// it; `None` for a run of zero blocks (nothing stored).
+    stored: Option<(usize, u64)>,
 }
 
-/// The bytes a run stores.
+/// The bytes of one frame.
 enum Payload {
+    /// All the chunk's changed blocks, compressed together.
     Zstd(Vec<u8>),
-    /// Incompressible: this range of the chunk's data, stored as it is.
+    /// Incompressible: this range of the chunk's data (one run), stored as
+    /// it is.
     Raw(std::ops::Range<usize>),
 }
 
@@ -324,6 +329,8 @@ struct Pipeline<'m> {
 /// Hashes, compares and compresses chunks until the job channel closes.
 fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, hashing: Hashing, zstd_level: i32) {
     let mut compressor = zstd::bulk::Compressor::new(zstd_level).ok();
+    // The changed runs of a chunk, gathered to be compressed as one frame.
+    let mut gathered = Vec::with_capacity(CHUNK_BYTES);
     loop {
         let job = {
             let Ok(rx) = jobs.lock() else { return };
@@ -332,25 +339,23 @@ fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, hashing: Hashing, zs
                 Err(_) => return,
             }
         };
+        let reply = job.reply.clone();
         let result = match compressor.as_mut() {
-            Some(c) => prepare_chunk(job.data, job.first_block, job.offset, job.whole, job.parent_hashes, &hashing, c),
+            Some(c) => prepare_chunk(job, &hashing, c, &mut gathered),
             None => Err(format!("zstd level {zstd_level} rejected")),
         };
-        let reply = job.reply;
         // The reader may have stopped on an error: nobody waits then.
         let _ = reply.send(result);
     }
 }
 
 fn prepare_chunk(
-    data: Vec<u8>,
-    first_block: u64,
-    offset: u64,
-    whole: bool,
-    parent_hashes: Option<&[BlockHash]>,
+    job: ChunkJob<'_>,
     hashing: &Hashing,
     compressor: &mut zstd::bulk::Compressor<'static>,
+    gathered: &mut Vec<u8>,
 ) -> Result<ChunkDone, String> {
+    let ChunkJob { data, first_block, offset, whole, parent_hashes, .. } = job;
     let bs = hashing.block_size;
     // FileTree: the blocks' chaining values, merged into the chunk's.
     let mut values = Vec::new();
@@ -359,24 +364,16 @@ fn prepare_chunk(
         digest: ChunkDigest::Root([0; 32]),
         hashes: Vec::with_capacity(data.len().div_ceil(bs)),
         runs: Vec::new(),
+        frames: Vec::new(),
         blocks_stored: 0,
         zero_blocks: 0,
         blocks_unchanged: 0,
     };
-    // Current run: (first block, count, zero, byte range in data)
+    // Runs as (first block, count, zero, byte range in data): the current
+    // one, and those closed.
     let mut run: Option<(u64, u64, bool, usize, usize)> = None;
-    let mut close = |run: &mut Option<(u64, u64, bool, usize, usize)>, runs: &mut Vec<PreparedRun>| {
-        let Some((first, count, zero, from, to)) = run.take() else { return Ok(()) };
-        let payload = if zero {
-            None
-        } else {
-            let raw = &data[from..to];
-            let compressed = compressor.compress(raw).map_err(|e| format!("compressing: {e}"))?;
-            Some(if compressed.len() < raw.len() { Payload::Zstd(compressed) } else { Payload::Raw(from..to) })
-        };
-        runs.push(PreparedRun { first_block: first, count, raw_len: (to - from) as u64, payload });
-        Ok::<(), String>(())
-    };
+    let mut spans = Vec::new();
+    let close = |run: &mut Option<_>, spans: &mut Vec<_>| spans.extend(run.take());
     for (i, block) in data.chunks(bs).enumerate() {
         let index = first_block + i as u64;
         let zero = is_zero(block);
@@ -394,11 +391,11 @@ fn prepare_chunk(
         let to = from + block.len();
         if parent_hashes.and_then(|p| p.get(index as usize)) == Some(&h) {
             done.blocks_unchanged += 1;
-            close(&mut run, &mut done.runs)?;
+            close(&mut run, &mut spans);
             continue;
         }
         if run.is_some_and(|r| r.2 != zero) {
-            close(&mut run, &mut done.runs)?;
+            close(&mut run, &mut spans);
         }
         match &mut run {
             Some(r) => {
@@ -413,7 +410,8 @@ fn prepare_chunk(
             done.blocks_stored += 1;
         }
     }
-    close(&mut run, &mut done.runs)?;
+    close(&mut run, &mut spans);
+    frame_runs(&data, &spans, compressor, gathered, &mut done)?;
     done.digest = match (hashing.kind, whole) {
         (BlockHashKind::FileTree, false) => ChunkDigest::Subtree(tree_hash::merge(&values)),
         (BlockHashKind::FileTree, true) if values.len() >= 2 => ChunkDigest::Root(tree_hash::merge_root(&values)),
@@ -422,6 +420,59 @@ fn prepare_chunk(
     };
     done.data = data;
     Ok(done)
+}
+
+/// Puts a chunk's changed runs into frames: all of them compressed as one
+/// zstd frame, or, if that does not make them smaller, each run stored raw
+/// from the chunk itself.
+fn frame_runs(
+    data: &[u8],
+    spans: &[(u64, u64, bool, usize, usize)],
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    gathered: &mut Vec<u8>,
+    done: &mut ChunkDone,
+) -> Result<(), String> {
+    let stored: Vec<_> = spans.iter().filter(|s| !s.2).collect();
+    let compressed = match stored[..] {
+        [] => None,
+        [&(.., from, to)] => Some((compressor.compress(&data[from..to]), to - from)),
+        _ => {
+            gathered.clear();
+            for &&(.., from, to) in &stored {
+                gathered.extend_from_slice(&data[from..to]);
+            }
+            Some((compressor.compress(gathered), gathered.len()))
+        }
+    };
+    let grouped = match compressed {
+        Some((z, raw)) => {
+            let z = z.map_err(|e| format!("compressing: {e}"))?;
+            if z.len() < raw {
+                done.frames.push((Payload::Zstd(z), raw as u64));
+                true
+            } else {
+                false
+            }
+        }
+        None => false,
+    };
+    let mut at = 0u64;
+    for &(first_block, count, zero, from, to) in spans {
+        let raw_len = (to - from) as u64;
+        let stored = match (zero, grouped) {
+            (true, _) => None,
+            (false, true) => {
+                at += raw_len;
+                Some((0, at - raw_len))
+            }
+            (false, false) => {
+                done.frames.push((Payload::Raw(from..to), raw_len));
+                Some((done.frames.len() - 1, 0))
+            }
+        };
+        done.runs.push(PreparedRun { first_block, count, raw_len, stored });
+    }
+    Ok(())
 }
 
 impl<'a> Backup<'a> {
@@ -739,9 +790,21 @@ impl<'a> Backup<'a> {
                 }
                 d => d,
             });
-            let mut frames = Vec::new();
+            // Each frame's place in the packs, in the order they are written.
+            let placed: Vec<(u32, u64, u64, Compression)> = done
+                .frames
+                .iter()
+                .map(|(payload, frame_len)| {
+                    let (len, compression) = match payload {
+                        Payload::Zstd(z) => (z.len() as u64, Compression::Zstd),
+                        Payload::Raw(range) => (range.len() as u64, Compression::Raw),
+                    };
+                    let (pack, offset) = self.packs.place(len);
+                    (pack, offset, *frame_len, compression)
+                })
+                .collect();
             for r in done.runs {
-                let Some(payload) = r.payload else {
+                let Some((frame, frame_offset)) = r.stored else {
                     // Zero runs cut at a chunk boundary join up again.
                     if let Some(prev) = file.runs.last_mut()
                         && prev.compression == Compression::Zero
@@ -758,26 +821,30 @@ impl<'a> Backup<'a> {
                         offset: 0,
                         stored_len: 0,
                         raw_len: r.raw_len,
+                        frame_offset: 0,
+                        frame_len: 0,
                         compression: Compression::Zero,
                     });
                     continue;
                 };
-                let (len, compression) = match &payload {
-                    Payload::Zstd(z) => (z.len(), Compression::Zstd),
-                    Payload::Raw(range) => (range.len(), Compression::Raw),
+                let (pack, offset, frame_len, compression) = placed[frame];
+                let stored_len = match &done.frames[frame].0 {
+                    Payload::Zstd(z) => z.len() as u64,
+                    Payload::Raw(range) => range.len() as u64,
                 };
-                let (pack, offset) = self.packs.place(len as u64);
                 file.runs.push(BlockRun {
                     first_block: r.first_block,
                     count: r.count,
                     pack,
                     offset,
-                    stored_len: len as u64,
+                    stored_len,
                     raw_len: r.raw_len,
+                    frame_offset,
+                    frame_len,
                     compression,
                 });
-                frames.push(payload);
             }
+            let frames = done.frames.into_iter().map(|(payload, _)| payload).collect();
             self.packs.write(done.data, frames).map_err(|e| DeltaError::io(&file.path, "writing packs", e))?;
         }
         if !slot.last {

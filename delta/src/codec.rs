@@ -157,6 +157,10 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
                                 }
                             }
                             put_var(&mut b, r.raw_len);
+                            if h.format_version >= 3 && r.compression != Compression::Zero {
+                                put_var(&mut b, r.frame_offset);
+                                put_var(&mut b, r.frame_len);
+                            }
                         }
                     }
                 }
@@ -359,7 +363,22 @@ fn parse_file<R: Read>(r: &mut Reader<R>, version: u32, block_size: u32, path: &
                 };
                 let raw_len = r.var("run raw length")?;
                 r.charge(size_of::<BlockRun>(), "block runs")?;
-                runs.push(BlockRun { first_block, count, pack, offset, stored_len, raw_len, compression });
+                let (frame_offset, frame_len) = match (version, compression) {
+                    (_, Compression::Zero) => (0, 0),
+                    (1 | 2, _) => (0, raw_len),
+                    _ => (r.var("run frame offset")?, r.var("run frame length")?),
+                };
+                runs.push(BlockRun {
+                    first_block,
+                    count,
+                    pack,
+                    offset,
+                    stored_len,
+                    raw_len,
+                    frame_offset,
+                    frame_len,
+                    compression,
+                });
             }
             FileContent::Stored(runs)
         }
@@ -520,16 +539,25 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
         }
         match r.compression {
             Compression::Zero => {
-                if r.stored_len != 0 || r.pack != 0 || r.offset != 0 {
+                if r.stored_len != 0 || r.pack != 0 || r.offset != 0 || r.frame_offset != 0 || r.frame_len != 0 {
                     return bad("zero run with stored bytes".into());
                 }
             }
             c => {
-                if r.raw_len > MAX_RUN_RAW {
-                    return bad(format!("block run of {} bytes exceeds limit", r.raw_len));
+                if r.frame_len > MAX_RUN_RAW {
+                    return bad(format!("block run in a frame of {} bytes, over the limit", r.frame_len));
                 }
-                if c == Compression::Raw && r.stored_len != r.raw_len {
-                    return bad("raw run whose stored length differs from its raw length".into());
+                if r.frame_offset.checked_add(r.raw_len).is_none_or(|end| end > r.frame_len) {
+                    return bad(format!(
+                        "block run of {} bytes at {} in a frame of {} bytes",
+                        r.raw_len, r.frame_offset, r.frame_len
+                    ));
+                }
+                if h.format_version < 3 && r.frame_len != r.raw_len {
+                    return bad(format!("a shared frame in a version {} manifest", h.format_version));
+                }
+                if c == Compression::Raw && r.stored_len != r.frame_len {
+                    return bad("raw run whose stored length differs from its frame's length".into());
                 }
                 if c == Compression::Zstd && r.stored_len == 0 {
                     return bad("empty compressed run".into());

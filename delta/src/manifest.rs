@@ -153,7 +153,11 @@ pub enum Compression {
     Zero,
 }
 
-/// Consecutive blocks of one file stored together.
+/// Consecutive blocks of one file stored together, in a frame of a pack.
+/// From format 3 the changed blocks of a 1 MiB chunk share one frame
+/// whatever runs they form: scattered database pages compress much better
+/// together (measured with `pg-blocks`: a fifth fewer stored bytes at
+/// 16 KiB blocks, a third fewer at 4 KiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BlockRun {
     pub first_block: u64,
@@ -166,12 +170,23 @@ pub struct BlockRun {
     pub stored_len: u64,
     /// Bytes of file content covered (the last block may be partial).
     pub raw_len: u64,
+    /// Where the run's bytes start in its decoded frame (0 for `Zero`).
+    pub frame_offset: u64,
+    /// Bytes of the decoded frame: `raw_len` for a frame of the run alone,
+    /// 0 for `Zero`.
+    pub frame_len: u64,
     pub compression: Compression,
 }
 
 impl BlockRun {
     pub fn end_block(&self) -> u64 {
         self.first_block + self.count
+    }
+
+    /// The frame holding the run's bytes, as this run describes it: runs
+    /// that describe it alike decode it once.
+    pub fn frame(&self) -> (u32, u64, u64, u64, Compression) {
+        (self.pack, self.offset, self.stored_len, self.frame_len, self.compression)
     }
 }
 

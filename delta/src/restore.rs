@@ -353,16 +353,22 @@ fn resolve_file<'m>(
 }
 
 /// Decode the stored bytes of one run (as read from its pack) into the
-/// run's raw content. The output is bounded by the run's `raw_len`, which
+/// run's raw content. The output is bounded by the frame's `frame_len`, which
 /// validation caps at [`crate::MAX_RUN_RAW`]: a zstd frame that would expand
 /// further (a decompression bomb) is refused, never decoded in full.
 pub fn decode_run(run: &BlockRun, stored: Vec<u8>) -> Result<Vec<u8>, String> {
     let mut decompressor = zstd::bulk::Decompressor::new().map_err(|e| format!("cannot start zstd: {e}"))?;
-    decode_run_with(&mut decompressor, run, stored)
+    let mut frame = decode_frame_with(&mut decompressor, run, stored)?;
+    if run.frame_len == run.raw_len {
+        return Ok(frame);
+    }
+    frame.truncate((run.frame_offset + run.raw_len) as usize);
+    Ok(frame.split_off(run.frame_offset as usize))
 }
 
-/// [`decode_run`] with a zstd context reused across runs.
-fn decode_run_with(
+/// The whole frame `run`'s bytes are in, decoded with a zstd context
+/// reused across frames; the run's bytes are at `run.frame_offset`.
+fn decode_frame_with(
     decompressor: &mut zstd::bulk::Decompressor<'static>,
     run: &BlockRun,
     stored: Vec<u8>,
@@ -370,18 +376,21 @@ fn decode_run_with(
     if stored.len() as u64 != run.stored_len {
         return Err(format!("truncated: got {} of {} bytes", stored.len(), run.stored_len));
     }
-    if run.raw_len > crate::MAX_RUN_RAW {
-        return Err(format!("run of {} bytes exceeds the {} byte limit", run.raw_len, crate::MAX_RUN_RAW));
+    if run.frame_len > crate::MAX_RUN_RAW {
+        return Err(format!("frame of {} bytes exceeds the {} byte limit", run.frame_len, crate::MAX_RUN_RAW));
+    }
+    if run.frame_offset.checked_add(run.raw_len).is_none_or(|end| end > run.frame_len) {
+        return Err(format!("run of {} bytes at {} outside its {} byte frame", run.raw_len, run.frame_offset, run.frame_len));
     }
     let raw = match run.compression {
         Compression::Raw => stored,
-        Compression::Zstd => decompressor.decompress(&stored, run.raw_len as usize).map_err(|e| {
-            format!("cannot decompress (a frame larger than the {} bytes recorded is refused): {e}", run.raw_len)
+        Compression::Zstd => decompressor.decompress(&stored, run.frame_len as usize).map_err(|e| {
+            format!("cannot decompress (a frame larger than the {} bytes recorded is refused): {e}", run.frame_len)
         })?,
         Compression::Zero => return Err("zero runs have no stored bytes".into()),
     };
-    if raw.len() as u64 != run.raw_len {
-        return Err(format!("decoded {} bytes, manifest says {}", raw.len(), run.raw_len));
+    if raw.len() as u64 != run.frame_len {
+        return Err(format!("decoded {} bytes, manifest says {}", raw.len(), run.frame_len));
     }
     Ok(raw)
 }
@@ -401,7 +410,7 @@ fn fetch_run(
             len: run.stored_len,
             source,
         })?;
-    decode_run_with(decompressor, run, data).map_err(|reason| DeltaError::PackData {
+    decode_frame_with(decompressor, run, data).map_err(|reason| DeltaError::PackData {
         backup_id: h.backup_id,
         pack: pack.clone(),
         offset: run.offset,
@@ -602,20 +611,21 @@ impl<'t> ContentWriter<'t> {
 
     fn write(&mut self, packs: &dyn PackSource, header: &Header, pieces: &[Piece]) -> Result<(), DeltaError> {
         let bsu = u64::from(header.block_size);
-        let mut decoded: Option<((u32, u64), Vec<u8>)> = None;
+        let mut decoded: Option<((u32, u64, u64, u64, Compression), Vec<u8>)> = None;
         for p in pieces {
-            let key = (p.run.pack, p.run.offset);
+            let key = p.run.frame();
             if decoded.as_ref().is_none_or(|(dk, _)| *dk != key) {
                 decoded = Some((key, fetch_run(packs, header, &p.run, &mut self.decompressor)?));
             }
             let data = &decoded.as_ref().expect("just decoded").1;
             let e = &self.last.entries[p.entry];
             let EntryKind::File(f) = &e.kind else { unreachable!("pieces are only planned for files") };
-            let start = (p.from - p.run.first_block) * bsu;
+            let at = p.run.frame_offset;
+            let start = at + (p.from - p.run.first_block) * bsu;
             let mut end = start;
             for j in p.from..p.to {
-                let off = (j - p.run.first_block) * bsu;
-                let len = bsu.min(p.run.raw_len - off);
+                let off = at + (j - p.run.first_block) * bsu;
+                let len = bsu.min(at + p.run.raw_len - off);
                 let block = &data[off as usize..(off + len) as usize];
                 let nblocks = f.block_hashes.len() as u64;
                 if self.values.hash(p.entry, j, nblocks, block, bsu) != f.block_hashes[j as usize]

@@ -99,6 +99,8 @@ fn raw_file(m: &Manifest, data: &[u8], offset: u64) -> EntryKind {
         offset,
         stored_len: data.len() as u64,
         raw_len: data.len() as u64,
+        frame_offset: 0,
+        frame_len: data.len() as u64,
         compression: Compression::Raw,
     };
     assert!(offset + data.len() as u64 <= m.header.packs[0].size);
@@ -295,6 +297,8 @@ fn a_pack_decompression_bomb_is_refused() {
                 offset: 0,
                 stored_len: bomb.len() as u64,
                 raw_len: 4096,
+                frame_offset: 0,
+                frame_len: 4096,
                 compression: Compression::Zstd,
             }]),
         }),
@@ -322,10 +326,12 @@ fn a_pack_decompression_bomb_is_refused() {
         offset: 0,
         stored_len: bomb.len() as u64,
         raw_len: 4096,
+        frame_offset: 0,
+        frame_len: 4096,
         compression: Compression::Zstd,
     };
     assert!(decode_run(&run, bomb.clone()).unwrap_err().contains("cannot decompress"));
-    let big = BlockRun { raw_len: MAX_RUN_RAW + 1, ..run };
+    let big = BlockRun { raw_len: MAX_RUN_RAW + 1, frame_len: MAX_RUN_RAW + 1, ..run };
     assert!(decode_run(&big, bomb).unwrap_err().contains("exceeds the"));
 }
 

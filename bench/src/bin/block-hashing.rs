@@ -40,7 +40,7 @@ fn main() {
         })
         .collect();
     let mut t = Table::new(&["block size", "standalone MB/s", "file tree MB/s", "file tree / standalone"]);
-    for bs in [8usize << 10, 16 << 10] {
+    for bs in [4usize << 10, 8 << 10, 16 << 10] {
         let speed = |f: &dyn Fn(u64)| {
             let samples: Vec<f64> = (0..args.runs)
                 .map(|_| {

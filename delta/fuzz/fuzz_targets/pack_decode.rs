@@ -27,6 +27,8 @@ fuzz_target!(|data: &[u8]| {
         offset: 0,
         stored_len: stored.len() as u64,
         raw_len,
+        frame_offset: 0,
+        frame_len: raw_len,
         compression,
     };
     if let Ok(raw) = cairn_delta::decode_run(&run, stored) {

@@ -151,6 +151,8 @@ async fn a_decompression_bomb_in_a_stored_pack_fails_the_restore() {
             offset: 0,
             stored_len: bomb.len() as u64,
             raw_len: bs as u64,
+            frame_offset: 0,
+            frame_len: bs as u64,
             compression: Compression::Zstd,
         }]),
     });
