@@ -1,7 +1,7 @@
 //! Binary manifest encoding.
 //!
-//! Why a hand-written format and not JSON/serde: a 10 GiB tree at 16 KiB
-//! blocks has 655k block hashes; as raw 16-byte fields they cost 10 MiB, as
+//! Why a hand-written format and not JSON/serde: a 10 GiB tree at 4 KiB
+//! blocks has 2.6M block hashes; as raw 16-byte fields they cost 40 MiB, as
 //! JSON hex strings more than three times that, and they do not compress.
 //! The encoding is therefore plain length-prefixed binary (LEB128 varints,
 //! zigzag for signed, paths front-coded against the previous path since
@@ -33,8 +33,8 @@ const MANIFEST_ZSTD_LEVEL: i32 = 3;
 /// Decompressed manifests larger than this are refused (about 128 Mi blocks).
 pub const MAX_MANIFEST_DECODED: u64 = 2 << 30;
 /// Memory a decoded manifest may take (entries, paths, block hashes, runs,
-/// as accounted while parsing). A 10 GiB tree at 16 KiB blocks needs about
-/// 25 MiB; a manifest that would need more is refused before allocating it.
+/// as accounted while parsing). A 10 GiB tree at 4 KiB blocks needs about
+/// 60 MiB; a manifest that would need more is refused before allocating it.
 pub const MAX_MANIFEST_MEMORY: u64 = 1 << 30;
 
 /// Bounds applied while decoding a manifest (untrusted input).

@@ -68,8 +68,11 @@ pub const MAX_BLOCK_SIZE: u32 = 1 << 20;
 /// Tuning of [`backup_tree`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupOptions {
-    /// Power of two in 4 KiB..=1 MiB; default 16 KiB (two 8 KiB database
-    /// pages). Ignored for incremental backups, which use the chain's.
+    /// Power of two in 4 KiB..=1 MiB; default 4 KiB, chosen by measurement
+    /// (`pg-blocks`): a changed 8 KiB database page often differs in one
+    /// half only, and with a chunk's changed blocks compressed together
+    /// small blocks no longer compress worse. Ignored for incremental
+    /// backups, which use the chain's.
     pub block_size: u32,
     /// A new pack is started once the current one reaches this size.
     pub pack_target_size: u64,
@@ -83,7 +86,7 @@ pub struct BackupOptions {
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { block_size: 16 << 10, pack_target_size: 64 << 20, zstd_level: 1, read_limit: None }
+        BackupOptions { block_size: 4 << 10, pack_target_size: 64 << 20, zstd_level: 1, read_limit: None }
     }
 }
 

@@ -153,6 +153,10 @@ pub enum Compression {
     Zero,
 }
 
+/// A frame as a run describes it: pack, offset, stored and decoded
+/// lengths, compression.
+pub type FrameKey = (u32, u64, u64, u64, Compression);
+
 /// Consecutive blocks of one file stored together, in a frame of a pack.
 /// From format 3 the changed blocks of a 1 MiB chunk share one frame
 /// whatever runs they form: scattered database pages compress much better
@@ -185,7 +189,7 @@ impl BlockRun {
 
     /// The frame holding the run's bytes, as this run describes it: runs
     /// that describe it alike decode it once.
-    pub fn frame(&self) -> (u32, u64, u64, u64, Compression) {
+    pub fn frame(&self) -> FrameKey {
         (self.pack, self.offset, self.stored_len, self.frame_len, self.compression)
     }
 }

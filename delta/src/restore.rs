@@ -380,7 +380,10 @@ fn decode_frame_with(
         return Err(format!("frame of {} bytes exceeds the {} byte limit", run.frame_len, crate::MAX_RUN_RAW));
     }
     if run.frame_offset.checked_add(run.raw_len).is_none_or(|end| end > run.frame_len) {
-        return Err(format!("run of {} bytes at {} outside its {} byte frame", run.raw_len, run.frame_offset, run.frame_len));
+        return Err(format!(
+            "run of {} bytes at {} outside its {} byte frame",
+            run.raw_len, run.frame_offset, run.frame_len
+        ));
     }
     let raw = match run.compression {
         Compression::Raw => stored,
@@ -611,7 +614,7 @@ impl<'t> ContentWriter<'t> {
 
     fn write(&mut self, packs: &dyn PackSource, header: &Header, pieces: &[Piece]) -> Result<(), DeltaError> {
         let bsu = u64::from(header.block_size);
-        let mut decoded: Option<((u32, u64, u64, u64, Compression), Vec<u8>)> = None;
+        let mut decoded: Option<(FrameKey, Vec<u8>)> = None;
         for p in pieces {
             let key = p.run.frame();
             if decoded.as_ref().is_none_or(|(dk, _)| *dk != key) {

@@ -33,7 +33,7 @@ fn scattered_changes_of_a_chunk_share_one_frame_and_restore() {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     write(&s.join("table"), &pages(1, 100)); // 1.56 MiB: two chunks
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     // Blocks 1, 5, 6 and 9 change in chunk 0; block 70 in chunk 1.
     let f = fs::OpenOptions::new().write(true).open(s.join("table")).unwrap();
@@ -85,7 +85,7 @@ fn incompressible_scattered_changes_are_stored_raw_run_by_run() {
     let s = src.path();
     let mut r = rng(2);
     write(&s.join("random"), &random_bytes(&mut r, 20 * BS));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     let f = fs::OpenOptions::new().write(true).open(s.join("random")).unwrap();
     for block in [3u64, 11] {
@@ -113,7 +113,7 @@ fn frame_geometry_is_validated() {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     write(&s.join("table"), &pages(3, 8));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     let f = fs::OpenOptions::new().write(true).open(s.join("table")).unwrap();
     for block in [1u64, 4] {

@@ -12,6 +12,9 @@ use common::*;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+/// The block size these tests are written for.
+const BS: usize = 16 << 10;
+
 fn files(s: &Snapshot) -> Vec<String> {
     s.iter().filter(|(_, n)| matches!(n.kind, Kind::File { .. })).map(|(p, _)| p.clone()).collect()
 }
@@ -199,7 +202,7 @@ fn unchanged_files_are_referenced_without_reading() {
         write(&s.join(format!("f{i}")), &random_bytes(&mut r, 50_000));
     }
     settle();
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     assert_eq!(chain.backup(s).stats.files_read, 5);
     // Only f2 changes (same size, new content); f4 only changes mode.
     let f2 = s.join("f2");
@@ -221,7 +224,7 @@ fn unchanged_files_are_referenced_without_reading() {
 fn recently_changed_file_is_read_again() {
     let src = tempfile::tempdir().unwrap();
     write(&src.path().join("hot"), b"written just before the backup");
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     let out = chain.backup(src.path()).clone();
     let EntryKind::File(f) = &out.manifest.find("hot").unwrap().kind else { panic!() };
     assert_eq!(f.ctime, Timestamp { sec: 0, nsec: 0 }, "marked racy");
@@ -232,13 +235,13 @@ fn recently_changed_file_is_read_again() {
 
 #[test]
 fn changed_block_equal_to_parent_is_not_stored() {
-    let bs = 16 << 10;
+    let bs = BS;
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("db");
     let mut r = rng(3);
     let data = random_bytes(&mut r, 10 * bs);
     write(&path, &data);
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     assert_eq!(chain.backup(src.path()).stats.blocks_stored, 10);
     let f = fs::File::options().write(true).open(&path).unwrap();
     // Block 3 rewritten with identical bytes, block 5 really changed.
@@ -317,7 +320,7 @@ fn incremental_keeps_the_chain_block_size() {
 fn backup_refuses_parent_of_another_instance() {
     let src = tempfile::tempdir().unwrap();
     write(&src.path().join("f"), b"x");
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(src.path());
     let link = &chain.links[0];
     let staging = tempfile::tempdir().unwrap();
@@ -325,7 +328,7 @@ fn backup_refuses_parent_of_another_instance() {
         src.path(),
         Some((&link.manifest, &link.checksum)),
         LinkIds { backup_id: uuid::Uuid::new_v4(), instance_id: uuid::Uuid::new_v4() },
-        &BackupOptions::default(),
+        &blocks_of(BS),
         staging.path(),
         &mut |_| {},
     )
@@ -353,7 +356,7 @@ fn files_spanning_many_chunks_keep_order_and_exact_content() {
         write(&src.path().join(format!("b-small-{i:02}")), &random_bytes(&mut r, 1 + i * 997));
     }
     write(&src.path().join("c-big"), &random_bytes(&mut r, 3 * mib));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     let full = chain.backup(src.path()).clone();
     let EntryKind::File(fe) = &full.manifest.find("a-big").unwrap().kind else { panic!() };
     let zero_runs: Vec<_> = fe.runs().iter().filter(|run| run.compression == Compression::Zero).collect();
@@ -402,7 +405,7 @@ fn hard_links_across_incrementals() {
     let mut r = rng(12);
     write(&src.path().join("one"), &random_bytes(&mut r, 50_000));
     fs::hard_link(src.path().join("one"), src.path().join("two")).unwrap();
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(src.path());
     let mut snaps = vec![snapshot(src.path())];
     settle();

@@ -27,7 +27,7 @@ fn a_renamed_file_stores_nothing_and_restores() {
     let mut r = rng(11);
     write(&s.join("a"), &random_bytes(&mut r, 20 * BS + 100));
     write(&s.join("keep"), &random_bytes(&mut r, 3 * BS));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     fs::create_dir(s.join("moved")).unwrap();
     fs::rename(s.join("a"), s.join("moved/c")).unwrap();
@@ -52,7 +52,7 @@ fn recycled_segments_store_only_the_rewritten_blocks_across_a_chain() {
     for seg in 1..=3 {
         write(&wal.join(format!("{seg:024}")), &random_bytes(&mut r, 64 * BS));
     }
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(src.path());
     let mut snaps = vec![snapshot(src.path())];
     // Link 2: segment 1 recycled as 4, its first 5 blocks rewritten.
@@ -85,7 +85,7 @@ fn a_rename_over_an_existing_file_compares_with_the_moved_file() {
     let mut r = rng(13);
     write(&s.join("new"), &random_bytes(&mut r, 8 * BS));
     write(&s.join("current"), &random_bytes(&mut r, 8 * BS));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     // The usual atomic replace: write a new version, rename it over the old.
     let f = fs::File::options().write(true).open(s.join("new")).unwrap();
@@ -105,7 +105,7 @@ fn a_base_the_parent_does_not_have_is_refused_naming_the_file() {
     let s = src.path();
     let mut r = rng(14);
     write(&s.join("a"), &random_bytes(&mut r, 4 * BS));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     fs::rename(s.join("a"), s.join("b")).unwrap();
     chain.backup(s);
@@ -129,7 +129,7 @@ fn a_base_is_validated_like_a_path_and_only_in_version_2() {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     write(&s.join("a"), b"some bytes");
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     fs::rename(s.join("a"), s.join("b")).unwrap();
     let good = chain.backup(s).manifest.clone();
@@ -170,7 +170,7 @@ fn a_version_1_parent_takes_a_current_child() {
     let s = src.path();
     let mut r = rng(15);
     write(&s.join("a"), &random_bytes(&mut r, 6 * BS));
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     // Rewrite the root as version 1 (no base fields, standalone block
     // hashes of the bytes backed up), as an older build wrote it.
@@ -206,7 +206,7 @@ fn a_link_with_other_block_hashes_is_refused() {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     write(&s.join("a"), b"some bytes");
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(s);
     write(&s.join("a"), b"other bytes");
     chain.backup(s);

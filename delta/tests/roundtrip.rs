@@ -79,7 +79,7 @@ fn sparse_file_stays_sparse() {
     drop(f);
     let before = snapshot(src.path());
 
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     let out = chain.backup(src.path()).clone();
     assert_eq!(out.stats.blocks_stored, 3);
     assert_eq!(out.stats.zero_blocks, (8 << 20) / BS as u64 - 3);
@@ -105,7 +105,7 @@ fn hard_links_restored_as_hard_links() {
     });
     write(&s.join("other"), &compressible_bytes(40_000));
     settle();
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     let out = chain.backup(s).clone();
     assert_eq!(out.stats.hard_links, 2);
     assert_eq!(out.stats.files_read, 2, "the shared inode is read once");
@@ -142,7 +142,7 @@ fn special_files_are_skipped_and_listed() {
     let src = tempfile::tempdir().unwrap();
     write(&src.path().join("f"), b"data");
     let _sock = std::os::unix::net::UnixListener::bind(src.path().join("sock")).unwrap();
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     let out = chain.backup(src.path()).clone();
     assert_eq!(out.stats.skipped_special, vec!["sock".to_string()]);
     assert!(out.manifest.find("sock").is_none());
@@ -154,7 +154,7 @@ fn special_files_are_skipped_and_listed() {
 fn restore_refuses_non_empty_or_missing_target() {
     let src = tempfile::tempdir().unwrap();
     write(&src.path().join("f"), b"data");
-    let mut chain = Chain::new(BackupOptions::default());
+    let mut chain = Chain::new(blocks_of(BS));
     chain.backup(src.path());
     let target = tempfile::tempdir().unwrap();
     write(&target.path().join("junk"), b"x");
@@ -228,20 +228,22 @@ fn file_hashes_are_blake3_of_the_content_at_chunk_boundaries() {
     for size in sizes {
         write(&src.path().join(format!("f{size:09}")), &random_bytes(&mut r, size));
     }
-    let mut chain = Chain::new(BackupOptions::default());
-    let out = chain.backup(src.path()).clone();
-    for size in sizes {
-        let name = format!("f{size:09}");
-        let EntryKind::File(f) = &out.manifest.find(&name).unwrap().kind else { panic!("{name} is a file") };
-        let content = fs::read(src.path().join(&name)).unwrap();
-        assert_eq!(f.blake3, *blake3::hash(&content).as_bytes(), "file of {size} bytes");
-        // One BLAKE3 pass gave the blocks' hashes too: each block's value
-        // in the file's tree.
+    for bs in [4096, BS] {
+        let mut chain = Chain::new(blocks_of(bs));
+        let out = chain.backup(src.path()).clone();
         assert_eq!(out.manifest.header.block_hashes, BlockHashKind::FileTree);
-        let expected: Vec<BlockHash> =
-            content.chunks(16384).enumerate().map(|(i, b)| BlockHashKind::FileTree.hash(b, i as u64 * 16384)).collect();
-        assert_eq!(f.block_hashes, expected, "block hashes of the file of {size} bytes");
+        for size in sizes {
+            let name = format!("f{size:09}");
+            let EntryKind::File(f) = &out.manifest.find(&name).unwrap().kind else { panic!("{name} is a file") };
+            let content = fs::read(src.path().join(&name)).unwrap();
+            assert_eq!(f.blake3, *blake3::hash(&content).as_bytes(), "file of {size} bytes, {bs} byte blocks");
+            // One BLAKE3 pass gave the blocks' hashes too: each block's
+            // value in the file's tree.
+            let expected: Vec<BlockHash> =
+                content.chunks(bs).zip(0u64..).map(|(b, i)| BlockHashKind::FileTree.hash(b, i * bs as u64)).collect();
+            assert_eq!(f.block_hashes, expected, "block hashes of the file of {size} bytes, {bs} byte blocks");
+        }
+        let (target, _) = chain.restore(0);
+        assert_same(&snapshot(src.path()), &snapshot(target.path()), "restored");
     }
-    let (target, _) = chain.restore(0);
-    assert_same(&snapshot(src.path()), &snapshot(target.path()), "restored");
 }

@@ -49,7 +49,7 @@ pub struct Config {
     /// backup does not starve the database it copies.
     pub backup_read_limit: Option<u64>,
     /// Block size of new full backups, in bytes (`CAIRN_BLOCK_SIZE`, in KiB:
-    /// a power of two from 4 to 1024; default 16). The unit of change of
+    /// a power of two from 4 to 1024; default 4). The unit of change of
     /// an incremental: smaller blocks store less of a scattered write and
     /// make larger manifests. Incrementals keep their chain's block size.
     pub block_size: u32,

@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         machine(),
         args.scale,
         args.runs,
-        args.block_size.map_or("default (16 KiB)".to_owned(), |k| format!("{k} KiB"))
+        args.block_size.map_or("default (4 KiB)".to_owned(), |k| format!("{k} KiB"))
     );
     let mut t = Table::new(&["figure", "median", "runs", "target", "verdict"]);
     let names: Vec<String> = runs[0].0.iter().map(|(n, _)| n.clone()).collect();

@@ -176,6 +176,12 @@ impl Chain {
     }
 }
 
+/// The default options but for the block size: most tests are written
+/// for one block geometry.
+pub fn blocks_of(block_size: usize) -> BackupOptions {
+    BackupOptions { block_size: block_size as u32, ..BackupOptions::default() }
+}
+
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
