@@ -60,6 +60,10 @@ pub struct RestoreStats {
     pub files: u64,
     pub bytes_written: u64,
     pub blocks_written: u64,
+    /// Time spent writing content (fetch, decode, check, write).
+    pub write_time: std::time::Duration,
+    /// Time spent waiting for the tree to be on disk at the end.
+    pub sync_time: std::time::Duration,
 }
 
 /// A span of blocks of one final file to be taken from one stored run.
@@ -157,6 +161,7 @@ fn apply(
     // a lot of writes are synced in the background as they go, so the disk
     // writes while the next runs are decoded (see `sync`).
     let syncer = Syncer::new();
+    let writing = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, MAX_THREADS);
     let mut writers = Vec::with_capacity(threads);
     for _ in 0..threads {
@@ -182,6 +187,7 @@ fn apply(
             results.into_iter().try_for_each(|r| r.unwrap_or_else(|_| Err(panicked("writing"))))
         })?;
     }
+    stats.write_time = writing.elapsed();
     let mut values = zero_values;
     for w in writers {
         let (s, v) = w.finish()?;
@@ -225,11 +231,13 @@ fn apply(
     // the background, everything else (small files, directories, metadata)
     // with one `syncfs` of the target's filesystem rather than an fsync per
     // entry.
+    let syncing = std::time::Instant::now();
     syncer.finish()?;
     // (The tree's handles are `O_PATH`, which `syncfs` refuses.)
     File::open(target)
         .and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from))
         .map_err(|err| DeltaError::io(target, "syncing the restored tree", err))?;
+    stats.sync_time = syncing.elapsed();
     Ok(stats)
 }
 

@@ -112,6 +112,13 @@ enum Cmd {
         #[arg(long, default_value_t = 55461)]
         port: u16,
     },
+    /// Where a stored backup's bytes went: raw and stored bytes of its runs
+    /// by top directory (`pg_wal`, `base`, ...) from its manifest file (a
+    /// shared frame's stored bytes are split in proportion to raw bytes).
+    Manifest {
+        /// Path of a `manifest` object in a `file://` artifact store.
+        file: PathBuf,
+    },
     /// restic's added bytes per file class: one fresh repository per class,
     /// the class's files of the parent then of the child (`--files-from`).
     /// Cross-class deduplication is lost, so the sum can exceed the total.
@@ -127,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Analyse { dir } => analyse(&dir),
         Cmd::ResticClasses { dir } => restic_classes(&dir),
         Cmd::Cairn { dir, block_kib } => cairn(&dir, block_kib),
+        Cmd::Manifest { file } => manifest_bytes(&file),
         Cmd::CairnLive { dir, block_kib, secs, port } => cairn_live(&dir, block_kib, secs, port),
     }
 }
@@ -234,6 +242,44 @@ fn make(dir: &Path, scale: u32, secs: u32, transactions: Option<u32>, port: u16)
     pg_ctl(&scratch, &log, port, "stop")?;
     std::fs::write(dir.join("relkinds.txt"), kinds?)?;
     std::fs::remove_dir_all(&scratch)?;
+    Ok(())
+}
+
+fn manifest_bytes(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let m = cairn_delta::decode_manifest(&bytes)?;
+    // top directory -> (files stored, blocks, raw bytes, stored bytes)
+    let mut by_dir: BTreeMap<String, (u64, u64, u64, f64)> = BTreeMap::new();
+    for e in &m.entries {
+        let cairn_delta::EntryKind::File(f) = &e.kind else { continue };
+        let runs = f.runs();
+        if runs.is_empty() {
+            continue;
+        }
+        let top = e.path.split('/').next().unwrap_or("").to_owned();
+        let row = by_dir.entry(top).or_default();
+        row.0 += 1;
+        for r in runs {
+            row.1 += r.count;
+            if r.compression == cairn_delta::Compression::Zero {
+                continue;
+            }
+            row.2 += r.raw_len;
+            row.3 += r.stored_len as f64 * r.raw_len as f64 / r.frame_len as f64;
+        }
+    }
+    println!(
+        "{}: format {}, {} KiB blocks, manifest {} B",
+        file.display(),
+        m.header.format_version,
+        m.header.block_size >> 10,
+        bytes.len()
+    );
+    let mut t = Table::new(&["top directory", "files stored", "blocks", "raw MiB", "stored MiB"]);
+    for (dir, (files, blocks, raw, stored)) in by_dir {
+        t.row(vec![dir, files.to_string(), blocks.to_string(), mib(raw), format!("{:.1}", stored / 1048576.0)]);
+    }
+    print!("{}", t.render());
     Ok(())
 }
 
