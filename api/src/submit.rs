@@ -6,10 +6,10 @@
 //! 32 connections busy and spent PostgreSQL's CPU on per-transaction work;
 //! the job-path benchmark measured a p99 submit latency of 80–130 ms.
 //!
-//! How: every `POST /backups` hands its validated request to one batcher
-//! task. The batcher takes whatever is waiting (at most [`MAX_BATCH`]) and
-//! records it with one commit: one query for the instances, one for the
-//! named parents, the quota of each project checked under its lock, and one
+//! How: every `POST /backups` hands its validated request to one
+//! [`Batcher`] (`cairn_shared::batch`). It takes whatever is waiting (at
+//! most [`MAX_BATCH`]) and records it with one commit: one query for the
+//! instances, one for the named parents, the quota of each project checked under its lock, and one
 //! statement that inserts the backups and their outbox entries. When no
 //! request of the batch has a quota or a parent to lock, there is nothing to
 //! hold between the reads and the insert, so no explicit transaction either:
@@ -39,12 +39,10 @@
 //! usage is counted and held until the commit, and the batch counts its own
 //! accepted backups on top of the committed ones.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use cairn_shared::{
+    batch::{Batcher, Limits, Request},
     entities::{backup, instance},
     outbox::{self, Nudge},
     status::{BackupStatus, InstanceStatus, JobKind},
@@ -54,7 +52,6 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, QueryTrait, Set, Statement, TransactionTrait,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
@@ -82,53 +79,29 @@ pub struct NewBackup {
     pub description: Option<String>,
 }
 
-struct Pending {
-    req: NewBackup,
-    reply: oneshot::Sender<ApiResult<backup::Model>>,
-}
+/// A submission waiting in a batch, with its answer.
+type Pending = Request<NewBackup, ApiResult<backup::Model>>;
 
 /// Hands submissions to the batcher; cheap to clone.
 #[derive(Clone)]
 pub struct Submitter {
-    tx: mpsc::Sender<Pending>,
+    batcher: Batcher<NewBackup, ApiResult<backup::Model>>,
 }
 
 impl Submitter {
     /// Starts the batcher task on `db`; it ends once every `Submitter` is dropped.
     pub fn start(db: DatabaseConnection, quotas: Quotas, nudge: Nudge) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, db, quotas, nudge));
-        Self { tx }
+        let limits = Limits { max_batch: MAX_BATCH, in_flight: IN_FLIGHT, queue: QUEUE };
+        let batcher = Batcher::start(limits, move |batch: Vec<Pending>| {
+            let (db, nudge) = (db.clone(), nudge.clone());
+            async move { record_batch(&db, quotas, &nudge, batch).await }
+        });
+        Self { batcher }
     }
 
     /// Records `req` (in some batch) and returns its row once committed.
     pub async fn submit(&self, req: NewBackup) -> ApiResult<backup::Model> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Pending { req, reply })
-            .await
-            .map_err(|_| anyhow::anyhow!("the submission batcher has stopped"))?;
-        answer.await.map_err(|_| anyhow::anyhow!("the submission batcher dropped a request"))?
-    }
-}
-
-async fn run(mut rx: mpsc::Receiver<Pending>, db: DatabaseConnection, quotas: Quotas, nudge: Nudge) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        // Wait for a free slot first: what arrives meanwhile joins this batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let (db, nudge) = (db.clone(), nudge.clone());
-        tokio::spawn(async move {
-            record_batch(&db, quotas, &nudge, batch).await;
-            drop(slot);
-        });
+        self.batcher.call(req).await.map_err(|e| anyhow::anyhow!("submission batcher: {e}"))?
     }
 }
 
@@ -139,7 +112,7 @@ enum Verdict {
 }
 
 async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, batch: Vec<Pending>) {
-    let reqs: Vec<&NewBackup> = batch.iter().map(|p| &p.req).collect();
+    let reqs: Vec<&NewBackup> = batch.iter().map(|p| &p.input).collect();
     // Without a quota or a parent to lock, nothing needs holding between
     // the reads and the insert: the instance is read as a lone submission
     // read it (no lock), and the one insert statement is the commit.
@@ -164,11 +137,11 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
                 // without batching.
                 tracing::warn!(error = %e, batch = batch.len(), "batched submission failed; recording one by one");
                 futures::future::join_all(batch.into_iter().map(|p| async move {
-                    let answer = record_one(db, quotas, &p.req).await;
+                    let answer = record_one(db, quotas, &p.input).await;
                     if answer.is_ok() {
                         nudge.wake();
                     }
-                    let _ = p.reply.send(answer);
+                    p.answer(answer);
                 }))
                 .await;
                 return;
@@ -181,7 +154,7 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
             // failed commit is answered.
             Err(e) => {
                 for p in batch {
-                    let _ = p.reply.send(Err(anyhow::anyhow!("recording a batch of submissions: {e}").into()));
+                    p.answer(Err(anyhow::anyhow!("recording a batch of submissions: {e}").into()));
                 }
                 return;
             }
@@ -200,7 +173,7 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
             }
             (Verdict::Accepted(_), Err(e)) => Err(anyhow::anyhow!("committing a batch of submissions: {e}").into()),
         };
-        let _ = p.reply.send(answer);
+        p.answer(answer);
     }
 }
 

@@ -19,6 +19,12 @@
 //! - Packs are written to the caller's staging directory with `create_new`;
 //!   on failure the packs written so far are removed, so a failed attempt
 //!   leaves nothing that could be mistaken for a usable backup.
+//! - A backup that reads no data (an empty volume, or one whose files are
+//!   all unchanged) starts no thread and makes no zstd context, and does
+//!   not create the staging directory: the hashing threads start with the
+//!   first chunk read, the pack thread and the directory with the first
+//!   frame to store. Thread starts and `mkdir` were a measurable share of
+//!   a small job's CPU.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -92,7 +98,8 @@ pub struct BackupOutput {
 }
 
 /// Back up `source` (full if `parent` is `None`, else incremental against the
-/// parent manifest and its checksum), writing packs into `staging_dir`.
+/// parent manifest and its checksum), writing packs into `staging_dir`
+/// (created, with its parents, when the first pack is).
 pub fn backup_tree(
     source: &Path,
     parent: Option<(&Manifest, &str)>,
@@ -109,7 +116,7 @@ pub fn backup_tree(
             (p.header.block_size, p.header.block_hashes)
         }
     };
-    let mut packs = PackSink::start(staging_dir, opts.pack_target_size)?;
+    let mut packs = PackSink::new(staging_dir, opts.pack_target_size);
     let mut b = Backup {
         parent: parent.map(|(m, _)| m),
         parent_inodes: None,
@@ -235,7 +242,8 @@ struct ChunkJob<'m> {
 struct Hashing {
     block_size: usize,
     kind: BlockHashKind,
-    /// The hash of a full block of zeros, for a `Standalone` chain.
+    /// The hash of a full block of zeros, for a `Standalone` chain (unused
+    /// otherwise).
     standalone_zero: BlockHash,
 }
 
@@ -318,8 +326,11 @@ struct Slot {
 /// The ordered end of the pipeline: chunks come back from the workers in
 /// any order but are consumed here in the order they were read, so packs
 /// and entries come out exactly as a sequential backup would write them.
-struct Pipeline<'m> {
+struct Pipeline<'m, 's> {
     jobs: Option<mpsc::SyncSender<ChunkJob<'m>>>,
+    /// Starts the hashing threads; taken by the first chunk read, so a
+    /// backup that reads no data starts none.
+    start_workers: Option<Box<dyn FnOnce() + 's>>,
     slots: VecDeque<Slot>,
     files: VecDeque<FileInFlight<'m>>,
     /// Chunks in flight before the reader waits for the oldest one.
@@ -483,15 +494,22 @@ impl<'a> Backup<'a> {
         let (jobs_tx, jobs_rx) = mpsc::sync_channel::<ChunkJob<'_>>(threads);
         let jobs_rx = Mutex::new(jobs_rx);
         let bs = self.block_size as usize;
-        let hashing = Hashing { block_size: bs, kind: self.hash_kind, standalone_zero: block_hash(&vec![0u8; bs]) };
+        let standalone_zero = match self.hash_kind {
+            BlockHashKind::Standalone => block_hash(&vec![0u8; bs]),
+            BlockHashKind::FileTree => [0; 16],
+        };
+        let hashing = Hashing { block_size: bs, kind: self.hash_kind, standalone_zero };
+        let level = self.zstd_level;
         std::thread::scope(|scope| {
-            for _ in 0..threads {
-                let jobs_rx = &jobs_rx;
-                let level = self.zstd_level;
-                scope.spawn(move || chunk_worker(jobs_rx, hashing, level));
-            }
+            let jobs_rx = &jobs_rx;
+            let start_workers = move || {
+                for _ in 0..threads {
+                    scope.spawn(move || chunk_worker(jobs_rx, hashing, level));
+                }
+            };
             let mut pipe = Pipeline {
                 jobs: Some(jobs_tx),
+                start_workers: Some(Box::new(start_workers)),
                 slots: VecDeque::new(),
                 files: VecDeque::new(),
                 max_in_flight: 2 * threads + 2,
@@ -507,7 +525,7 @@ impl<'a> Backup<'a> {
         &mut self,
         source: &Path,
         items: Vec<Item>,
-        pipe: &mut Pipeline<'a>,
+        pipe: &mut Pipeline<'a, '_>,
     ) -> Result<Vec<Entry>, DeltaError> {
         let mut entries: Vec<Option<Entry>> = Vec::with_capacity(items.len());
         let mut first_links: HashMap<(u64, u64), String> = HashMap::new();
@@ -640,7 +658,7 @@ impl<'a> Backup<'a> {
         walk_meta: &fs::Metadata,
         pos: usize,
         entries: &mut [Option<Entry>],
-        pipe: &mut Pipeline<'a>,
+        pipe: &mut Pipeline<'a, '_>,
     ) -> Result<bool, DeltaError> {
         let parent: Option<(&'a Entry, &'a FileEntry)> = self.parent.and_then(|p| resolve_with_entry(p, rel));
         if let Some((pe, pf)) = parent
@@ -719,6 +737,9 @@ impl<'a> Backup<'a> {
             while pipe.slots.len() >= pipe.max_in_flight {
                 self.consume_oldest(entries, pipe)?;
             }
+            if let Some(start) = pipe.start_workers.take() {
+                start();
+            }
             let (reply, rx) = mpsc::sync_channel(1);
             let job = ChunkJob {
                 data,
@@ -769,7 +790,7 @@ impl<'a> Backup<'a> {
 
     /// Waits for the oldest chunk, writes its runs into the packs and, after
     /// a file's last chunk, completes the file's entry.
-    fn consume_oldest(&mut self, entries: &mut [Option<Entry>], pipe: &mut Pipeline<'_>) -> Result<(), DeltaError> {
+    fn consume_oldest(&mut self, entries: &mut [Option<Entry>], pipe: &mut Pipeline<'_, '_>) -> Result<(), DeltaError> {
         let Some(slot) = pipe.slots.pop_front() else { return Ok(()) };
         let file = pipe.files.front_mut().expect("a slot belongs to a file in flight");
         if let Some(rx) = slot.reply {
@@ -955,14 +976,21 @@ fn file_blake3(digests: &[ChunkDigest]) -> [u8; 32] {
 /// work on incompressible data.
 struct PackSink {
     layout: PackLayout,
-    queue: Option<mpsc::SyncSender<PackMessage>>,
-    thread: Option<std::thread::JoinHandle<Result<Vec<StagedPack>, DeltaError>>>,
+    /// The staging directory, created by the pack thread before its first pack.
+    dir: PathBuf,
+    /// The pack thread's channel and handle, once the first frame started it.
+    thread: Option<PackThread>,
     /// Chunk buffers back from the pack thread, reused instead of
     /// allocating (and zeroing) a new MiB per chunk. As many circulate as
     /// chunks can be in flight.
     recycled: mpsc::Receiver<Vec<u8>>,
     /// Also keeps the channel open while the pack thread has exited.
     recycle: mpsc::Sender<Vec<u8>>,
+}
+
+struct PackThread {
+    queue: Option<mpsc::SyncSender<PackMessage>>,
+    handle: Option<std::thread::JoinHandle<Result<Vec<StagedPack>, DeltaError>>>,
 }
 
 enum PackMessage {
@@ -998,14 +1026,28 @@ impl PackLayout {
 }
 
 impl PackSink {
-    fn start(dir: &Path, target: u64) -> Result<Self, DeltaError> {
-        let (queue, messages) = mpsc::sync_channel::<PackMessage>(4);
+    /// A sink writing packs of about `target` bytes into `dir`; nothing
+    /// starts until the first frame.
+    fn new(dir: &Path, target: u64) -> Self {
         let (recycle, recycled) = mpsc::channel();
-        let back = recycle.clone();
-        let pack_dir = dir.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("cairn-packs".into())
-            .spawn(move || {
+        PackSink {
+            layout: PackLayout { target, current: None, opened: 0 },
+            dir: dir.to_path_buf(),
+            thread: None,
+            recycled,
+            recycle,
+        }
+    }
+
+    /// Starts the pack thread (once).
+    fn started(&mut self) -> io::Result<&mpsc::SyncSender<PackMessage>> {
+        if self.thread.is_none() {
+            let (queue, messages) = mpsc::sync_channel::<PackMessage>(4);
+            let back = self.recycle.clone();
+            let (pack_dir, target) = (self.dir.clone(), self.layout.target);
+            let handle = std::thread::Builder::new().name("cairn-packs".into()).spawn(move || {
+                fs::create_dir_all(&pack_dir)
+                    .map_err(|e| DeltaError::io(&pack_dir, "creating the staging directory", e))?;
                 let mut packs = PackWriter {
                     dir: &pack_dir,
                     layout: PackLayout { target, current: None, opened: 0 },
@@ -1018,15 +1060,10 @@ impl PackSink {
                     packs.abort();
                 }
                 result
-            })
-            .map_err(|e| DeltaError::io(dir, "starting the pack thread", e))?;
-        Ok(PackSink {
-            layout: PackLayout { target, current: None, opened: 0 },
-            queue: Some(queue),
-            thread: Some(thread),
-            recycled,
-            recycle,
-        })
+            })?;
+            self.thread = Some(PackThread { queue: Some(queue), handle: Some(handle) });
+        }
+        Ok(self.thread.as_ref().and_then(|t| t.queue.as_ref()).expect("open until finished"))
     }
 
     /// Pack index and offset of the next frame of `len` bytes.
@@ -1041,7 +1078,7 @@ impl PackSink {
             self.recycle(chunk);
             return Ok(());
         }
-        let queue = self.queue.as_ref().expect("open until finished");
+        let queue = self.started()?;
         queue.send(PackMessage::Write { chunk, frames }).map_err(|_| io::Error::other("the pack thread stopped"))
     }
 
@@ -1059,14 +1096,16 @@ impl PackSink {
     /// Waits for the pack thread. With `ok`, the packs are closed, synced
     /// and returned; otherwise (the backup failed) they are removed.
     fn finish(&mut self, ok: bool) -> Result<Vec<StagedPack>, DeltaError> {
-        if let Some(queue) = self.queue.take()
+        // No frame was stored: no thread, no directory, no packs.
+        let Some(mut thread) = self.thread.take() else { return Ok(Vec::new()) };
+        if let Some(queue) = thread.queue.take()
             && ok
         {
             // A send fails only if the thread stopped; its error is below.
             let _ = queue.send(PackMessage::Finish);
         }
-        let thread = self.thread.take().expect("finished once");
-        let result = thread
+        let handle = thread.handle.take().expect("finished once");
+        let result = handle
             .join()
             .unwrap_or_else(|_| Err(DeltaError::io("", "writing packs", io::Error::other("the pack thread panicked"))));
         match (result, ok) {

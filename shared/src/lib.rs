@@ -5,6 +5,7 @@
 //! and queue that carry jobs, artifact storage, and the datastores that know
 //! how to back up and restore one kind of instance.
 
+pub mod batch;
 pub mod config;
 pub mod datastore;
 pub mod db;

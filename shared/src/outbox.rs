@@ -121,6 +121,15 @@ pub async fn run_relay(db: DatabaseConnection, broker: Broker, nudge: Nudge, can
                     failures = 0;
                     break;
                 }
+                // A short batch took everything committed before its
+                // statement; whatever was committed since woke the nudge
+                // (a stored permit), so going round now would only run an
+                // empty transaction, three round trips per wake-up.
+                Ok(n) if n < BATCH as usize => {
+                    failures = 0;
+                    tracing::debug!(published = n, "outbox relayed");
+                    break;
+                }
                 Ok(n) => {
                     failures = 0;
                     tracing::debug!(published = n, "outbox relayed");

@@ -1,14 +1,25 @@
 //! Artifact storage through object_store.
 //!
-//! Layout: `backups/<backup id>/<attempt>/{manifest, pack-NNNNN}`. Each
+//! Layout: `backups/<backup id>.<attempt>/{manifest, pack-NNNNN}`. Each
 //! attempt writes under its own prefix, so an attempt that was abandoned
 //! (its worker died, it was taken over) can never be confused with the one
-//! that completed; the completed row records its prefix, and everything else
-//! under `backups/<id>/` is garbage to remove.
+//! that completed; the completed row records its prefix (`artifact_prefix`)
+//! and every read (restore, verify, an incremental's parent) goes through
+//! that recorded prefix, never through this layout. Everything else of the
+//! backup is garbage to remove. Backups written before 2026-11-26 used
+//! `backups/<backup id>/<attempt>/`; they are read through their recorded
+//! prefix like any other, and deleting a backup removes both layouts.
+//!
+//! Why one directory level per attempt: on a local store each directory is
+//! a `mkdir` and an `fsync` per backup, and for a backup of an empty or
+//! unchanged volume those were most of a job's kernel time.
 //!
 //! The local filesystem store does not fsync; a backup is `COMPLETED` only
 //! once its objects are durable (DESIGN.md §6), so for `file://` URLs the
-//! uploaded files and their directories are synced here.
+//! stored files and their directories are synced here. An attempt's
+//! manifest is written in place ([`ArtifactStore::put_attempt`]): to a
+//! temporary name, synced, renamed, then the directory synced, so a crash
+//! never leaves a half-written manifest under its name.
 //!
 //! With an encryption key ring ([`crate::seal`]), every object is sealed on
 //! the way in and opened on the way out, here and nowhere else: the delta
@@ -28,6 +39,7 @@ use std::{
 
 use anyhow::Context;
 use bytes::Bytes;
+use cairn_delta::StagedPack;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart, path::Path as ObjectPath};
 use tokio::io::AsyncReadExt;
@@ -110,7 +122,30 @@ impl ArtifactStore {
 
     /// The prefix of one attempt of one backup.
     pub fn attempt_prefix(backup_id: Uuid, attempt: i32) -> String {
-        format!("backups/{backup_id}/{attempt}")
+        format!("backups/{backup_id}.{attempt}")
+    }
+
+    /// Every prefix attempts `1..=attempts` of a backup may have written
+    /// under: each attempt's own, and the directory of the older layout
+    /// (`backups/<id>/<attempt>/`).
+    fn backup_prefixes(backup_id: Uuid, attempts: i32) -> impl Iterator<Item = String> {
+        std::iter::once(format!("backups/{backup_id}"))
+            .chain((1..=attempts).map(move |attempt| Self::attempt_prefix(backup_id, attempt)))
+    }
+
+    /// Deletes the objects of attempts `1..=attempts` of a backup, in either
+    /// layout, except those under `keep` (the completed attempt's prefix).
+    pub async fn delete_backup(&self, backup_id: Uuid, attempts: i32, keep: Option<&str>) -> anyhow::Result<usize> {
+        let mut deleted = 0;
+        for prefix in Self::backup_prefixes(backup_id, attempts) {
+            if keep == Some(prefix.as_str()) {
+                continue;
+            }
+            // A kept prefix of the old layout lies inside its backup's directory.
+            let keep = keep.filter(|k| k.starts_with(&format!("{prefix}/")));
+            deleted += self.delete_prefix(&prefix, keep).await?;
+        }
+        Ok(deleted)
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -191,6 +226,47 @@ impl ArtifactStore {
         Ok(total)
     }
 
+    /// Stores one attempt's objects under `prefix`: its staged packs, then
+    /// its manifest (last, so a stored manifest never names a missing
+    /// pack). Everything is durable when this returns.
+    ///
+    /// On a `file://` store this is one blocking task: one `mkdir` for the
+    /// attempt, the packs renamed in (cairn-delta has synced each before
+    /// `backup_tree` returned), the manifest written to a temporary name,
+    /// synced and renamed, then the attempt's directory and those above it
+    /// synced. Sealed packs and remote stores go through
+    /// [`Self::put_file`] and [`Self::put_bytes`].
+    pub async fn put_attempt(&self, prefix: &str, packs: &[StagedPack], manifest: Vec<u8>) -> anyhow::Result<()> {
+        let manifest_key = format!("{prefix}/manifest");
+        let Some(root) = self.local_root.clone() else {
+            for pack in packs {
+                self.put_file(&format!("{prefix}/{}", pack.name), &pack.path).await?;
+            }
+            return self.put_bytes(&manifest_key, manifest).await;
+        };
+        let mut renamed = Vec::with_capacity(packs.len());
+        for pack in packs {
+            let key = format!("{prefix}/{}", pack.name);
+            self.forget_header(&key);
+            match &self.keys {
+                // Sealing streams the pack through object_store.
+                Some(_) => {
+                    self.put_file(&key, &pack.path).await?;
+                }
+                None => renamed.push((pack.path.clone(), root.join(&key))),
+            }
+        }
+        self.forget_header(&manifest_key);
+        let manifest = match &self.keys {
+            Some(keys) => seal::seal(keys, &manifest_key, &manifest),
+            None => manifest,
+        };
+        let (dir, root_synced) = (root.join(prefix), self.root_synced.clone());
+        tokio::task::spawn_blocking(move || write_attempt(&root, &dir, &renamed, &manifest, &root_synced))
+            .await?
+            .with_context(|| format!("cannot store {manifest_key}"))
+    }
+
     /// Stores `bytes` as `key` and makes it durable.
     pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.forget_header(key);
@@ -211,19 +287,10 @@ impl ArtifactStore {
         let root_synced = self.root_synced.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::File::open(&file)?.sync_all()?;
-            let mut dir = file.parent();
-            while let Some(d) = dir {
-                if d == root {
-                    if !root_synced.load(Ordering::Acquire) {
-                        std::fs::File::open(d)?.sync_all()?;
-                        root_synced.store(true, Ordering::Release);
-                    }
-                    break;
-                }
-                std::fs::File::open(d)?.sync_all()?;
-                dir = d.parent();
+            match file.parent() {
+                Some(dir) => sync_dirs_up_to(dir, &root, &root_synced),
+                None => Ok(()),
             }
-            Ok(())
         })
         .await?
         .with_context(|| format!("cannot sync {key}"))
@@ -343,6 +410,62 @@ impl ArtifactStore {
         }
         Ok(n)
     }
+}
+
+/// Syncs `dir` and every directory above it up to the store's `root`. The
+/// root itself is synced once per process (`root_synced`): its entries
+/// (the top-level `backups/`) are made once and never removed.
+fn sync_dirs_up_to(dir: &std::path::Path, root: &std::path::Path, root_synced: &AtomicBool) -> std::io::Result<()> {
+    let mut dir = Some(dir);
+    while let Some(d) = dir {
+        if d == root {
+            if !root_synced.load(Ordering::Acquire) {
+                std::fs::File::open(d)?.sync_all()?;
+                root_synced.store(true, Ordering::Release);
+            }
+            break;
+        }
+        std::fs::File::open(d)?.sync_all()?;
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Name of a manifest being written, renamed to `manifest` once synced.
+/// A crash leaves it only in an attempt that never completed.
+const PARTIAL_MANIFEST: &str = "manifest.partial";
+
+/// [`ArtifactStore::put_attempt`] on a local store: creates `dir`, renames
+/// `packs` (staged path, destination; already synced) into it, writes the
+/// manifest atomically, and syncs `dir` and the directories above it.
+fn write_attempt(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    packs: &[(PathBuf, PathBuf)],
+    manifest: &[u8],
+    root_synced: &AtomicBool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    for (staged, dest) in packs {
+        match std::fs::rename(staged, dest) {
+            Ok(()) => {}
+            // Staging on another filesystem: copy, and sync the copy.
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                std::fs::copy(staged, dest)?;
+                std::fs::File::open(dest)?.sync_all()?;
+                let _ = std::fs::remove_file(staged);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let partial = dir.join(PARTIAL_MANIFEST);
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(manifest)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&partial, dir.join("manifest"))?;
+    sync_dirs_up_to(dir, root, root_synced)
 }
 
 /// Removes everything under `dir` except the subtree `keep`, then `dir`

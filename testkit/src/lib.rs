@@ -315,6 +315,21 @@ impl TestApp {
         self.config.volume_roots[0].clone()
     }
 
+    /// The directories of the local artifact store that hold objects of
+    /// backup `id`: one per attempt (`backups/<id>.<attempt>`), or the
+    /// backup's directory of the older layout (`backups/<id>/`).
+    pub fn stored_attempts(&self, id: &str) -> Vec<PathBuf> {
+        let store = self.config.data_dir.join("artifacts/backups");
+        let Ok(entries) = std::fs::read_dir(&store) else { return Vec::new() };
+        let attempt = format!("{id}.");
+        let mut dirs: Vec<PathBuf> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == id || n.starts_with(&attempt)))
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let resp = self.client.get(self.url(path)).send().await.unwrap();
         let status = resp.status();
@@ -373,6 +388,33 @@ impl TestApp {
     /// Polls a backup until it reaches one of `done`; returns it.
     pub async fn wait_backup(&self, id: &str, done: &[&str]) -> Value {
         self.wait(&format!("/backups/{id}"), "backup", done).await
+    }
+
+    /// Polls a backup until it is gone (404), within 30 s.
+    pub async fn wait_backup_deleted(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, _) = self.get(&format!("/backups/{id}")).await;
+            if status == StatusCode::NOT_FOUND {
+                return;
+            }
+            assert!(Instant::now() < deadline, "backup {id} was not deleted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls a backup until its `verify` has a result (not `RUNNING`), within 30 s; returns it.
+    pub async fn wait_verify(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = self.get(&format!("/backups/{id}")).await;
+            let verify = body["backup"]["verify"].clone();
+            if verify["status"] != "RUNNING" && !verify.is_null() {
+                return verify;
+            }
+            assert!(Instant::now() < deadline, "verify did not finish: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls an instance until it reaches one of `done`; returns it.

@@ -5,11 +5,11 @@
 //! these single-row statements took a good part of PostgreSQL's CPU; the
 //! same work for several jobs fits in one statement each.
 //!
-//! How: a job hands its claim (or completion) to the process's batcher and
-//! waits for its own answer. The batcher sends whatever is waiting as one
-//! statement, with no timer: a lone job goes at once, and while
-//! [`IN_FLIGHT`] statements run the next requests gather. Each job keeps
-//! the answer it would have had alone:
+//! How: a job hands its claim (or completion) to the process's
+//! [`Batcher`] (`cairn_shared::batch`) and waits for its own answer. The
+//! batcher sends whatever is waiting as one statement, with no timer: a
+//! lone job goes at once, and while [`IN_FLIGHT`] statements run the next
+//! requests gather. Each job keeps the answer it would have had alone:
 //! - a claim of several backups is one atomic `UPDATE`. If it would break
 //!   rule 3 (two backups of one instance, or an instance already running
 //!   one) it fails as a whole and claims nothing; the batch is then claimed
@@ -23,11 +23,13 @@
 //!   told it completed it. If the statement fails, every job of the batch
 //!   gets the error and retries on its own (through the batcher again).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::time::Duration;
 
-use cairn_shared::lifecycle::{self, BackupClaim, CompletedArtifact, Completion};
+use cairn_shared::{
+    batch::{Batcher, Limits},
+    lifecycle::{self, BackupClaim, CompletedArtifact, Completion},
+};
 use sea_orm::{DatabaseConnection, DbErr};
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 /// Most requests in one statement.
@@ -38,50 +40,11 @@ const MAX_BATCH: usize = 64;
 /// or completion at the same moment, so with two slots most statements
 /// carried a single job.
 const IN_FLIGHT: usize = 1;
-
-/// Runs requests of type `I` in batches, answering each with an `O`.
-struct Batcher<I, O> {
-    tx: mpsc::UnboundedSender<(I, oneshot::Sender<O>)>,
-}
-
-impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// `run` takes a batch and returns one answer per request, in order.
-    fn start<F, Fut>(run: F) -> Self
-    where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<O>> + Send + 'static,
-    {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
-        tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-            while let Some(first) = rx.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
-                let answers = run(inputs);
-                tokio::spawn(async move {
-                    for (reply, answer) in replies.into_iter().zip(answers.await) {
-                        let _ = reply.send(answer);
-                    }
-                    drop(slot);
-                });
-            }
-        });
-        Self { tx }
-    }
-
-    async fn call(&self, input: I) -> Option<O> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send((input, reply)).ok()?;
-        answer.await.ok()
-    }
-}
+/// Requests waiting for the batcher. Each job waits for its own answer, so
+/// at most `CAIRN_WORKER_CONCURRENCY` requests ever wait: a bound that a
+/// worker does not reach.
+const QUEUE: usize = 4096;
+const LIMITS: Limits = Limits { max_batch: MAX_BATCH, in_flight: IN_FLIGHT, queue: QUEUE };
 
 /// The batchers of one worker process.
 pub struct Batches {
@@ -89,8 +52,8 @@ pub struct Batches {
     completions: Batcher<(Uuid, CompletedArtifact), Result<Completion, DbErr>>,
 }
 
-fn gone() -> DbErr {
-    DbErr::Custom("the worker's batcher has stopped".into())
+fn gone(e: cairn_shared::batch::BatchError) -> DbErr {
+    DbErr::Custom(format!("the worker's batcher: {e}"))
 }
 
 impl Batches {
@@ -98,12 +61,12 @@ impl Batches {
     pub fn start(db: DatabaseConnection, worker: String, lease: Duration) -> Self {
         let claims = {
             let (db, worker) = (db.clone(), worker.clone());
-            Batcher::start(move |ids: Vec<Uuid>| {
+            Batcher::start_in_order(LIMITS, move |ids: Vec<Uuid>| {
                 let (db, worker) = (db.clone(), worker.clone());
                 async move { claim_batch(&db, &worker, lease, ids).await }
             })
         };
-        let completions = Batcher::start(move |items: Vec<(Uuid, CompletedArtifact)>| {
+        let completions = Batcher::start_in_order(LIMITS, move |items: Vec<(Uuid, CompletedArtifact)>| {
             let (db, worker) = (db.clone(), worker.clone());
             async move { complete_batch(&db, &worker, items).await }
         });
@@ -112,12 +75,12 @@ impl Batches {
 
     /// [`lifecycle::claim_backup`], batched with other jobs' claims.
     pub async fn claim(&self, id: Uuid) -> Result<BackupClaim, DbErr> {
-        self.claims.call(id).await.unwrap_or_else(|| Err(gone()))
+        self.claims.call(id).await.unwrap_or_else(|e| Err(gone(e)))
     }
 
     /// [`lifecycle::complete_backup`], batched with other jobs' completions.
     pub async fn complete(&self, id: Uuid, artifact: CompletedArtifact) -> Result<Completion, DbErr> {
-        self.completions.call((id, artifact)).await.unwrap_or_else(|| Err(gone()))
+        self.completions.call((id, artifact)).await.unwrap_or_else(|e| Err(gone(e)))
     }
 }
 

@@ -92,8 +92,8 @@ pub trait Datastore: Send + Sync {
     async fn backup(&self, req: BackupRequest, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact>;
     /// Restores a chain; returns the number of steps applied.
     async fn restore(&self, req: RestoreRequest, progress: Arc<JobProgress>) -> anyhow::Result<u32>;
-    /// Removes every object a backup stored (all attempts).
-    async fn delete(&self, backup_id: Uuid) -> anyhow::Result<()>;
+    /// Removes every object a backup stored (attempts `1..=attempts`).
+    async fn delete(&self, backup_id: Uuid, attempts: i32) -> anyhow::Result<()>;
     /// Re-reads every stored object of a backup and checks it against its
     /// checksum; the error names the first object that does not match.
     async fn verify(&self, link: StoredLink) -> anyhow::Result<()>;

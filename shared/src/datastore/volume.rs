@@ -2,9 +2,10 @@
 //!
 //! The delta work (walking, hashing, compressing, applying) is synchronous
 //! and CPU- and disk-bound, so it runs on blocking threads; this module is the
-//! glue to the async world: it stages packs on local disk, uploads them
-//! (manifest last, so a manifest never names a pack that is not stored), and
-//! serves a restore's range reads from the object store.
+//! glue to the async world: it stages packs on local disk, stores them with
+//! the manifest ([`ArtifactStore::put_attempt`]: manifest last, so a
+//! manifest never names a pack that is not stored), and serves a restore's
+//! range reads from the object store.
 
 use std::{
     collections::HashMap,
@@ -81,11 +82,14 @@ impl Datastore for VolumeDatastore {
             None => None,
         };
         let tree_started = Instant::now();
+        // Every claim numbers a new attempt, so only earlier attempts can
+        // have left a staging directory. This attempt's is created by
+        // cairn-delta with its first pack: a backup that stores no pack
+        // makes none.
         let staging = self.staging.join(format!("backup-{}-{}", req.backup_id, req.attempt));
-        for earlier in 1..=req.attempt {
+        for earlier in 1..req.attempt {
             let _ = tokio::fs::remove_dir_all(self.staging.join(format!("backup-{}-{earlier}", req.backup_id))).await;
         }
-        tokio::fs::create_dir_all(&staging).await.with_context(|| format!("cannot create {}", staging.display()))?;
         let source = req.source.clone();
         let ids = LinkIds { backup_id: req.backup_id, instance_id: req.instance_id };
         let staging_dir = staging.clone();
@@ -101,22 +105,18 @@ impl Datastore for VolumeDatastore {
         let backed_up = Instant::now();
 
         let prefix = ArtifactStore::attempt_prefix(req.backup_id, req.attempt);
-        let result = async {
-            for pack in &output.packs {
-                self.store.put_file(&format!("{prefix}/{}", pack.name), &pack.path).await?;
-            }
-            let manifest_key = format!("{prefix}/manifest");
-            self.store.put_bytes(&manifest_key, output.manifest_bytes.clone()).await?;
-            anyhow::Ok(CompletedArtifact {
+        let result = self.store.put_attempt(&prefix, &output.packs, output.manifest_bytes.clone()).await.map(|()| {
+            CompletedArtifact {
                 checksum: output.checksum.clone(),
                 bytes: output.stored_bytes,
-                location_ref: self.store.url_of(&manifest_key),
+                location_ref: self.store.url_of(&format!("{prefix}/manifest")),
                 artifact_prefix: prefix.clone(),
                 pack_objects: output.packs.len(),
-            })
+            }
+        });
+        if !output.packs.is_empty() {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
         }
-        .await;
-        let _ = tokio::fs::remove_dir_all(&staging).await;
         let st = &output.stats;
         tracing::info!(
             tree_ms = backed_up.duration_since(tree_started).as_millis() as u64,
@@ -202,8 +202,8 @@ impl Datastore for VolumeDatastore {
         Ok(steps)
     }
 
-    async fn delete(&self, backup_id: Uuid) -> anyhow::Result<()> {
-        self.store.delete_prefix(&format!("backups/{backup_id}"), None).await.map(|_| ())
+    async fn delete(&self, backup_id: Uuid, attempts: i32) -> anyhow::Result<()> {
+        self.store.delete_backup(backup_id, attempts, None).await.map(|_| ())
     }
 
     async fn verify(&self, link: StoredLink) -> anyhow::Result<()> {

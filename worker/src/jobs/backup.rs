@@ -133,7 +133,7 @@ async fn record(
     // first attempt has none (every claim numbers a new attempt), so it
     // skips the listing.
     if row.attempts > 1
-        && let Err(e) = ctx.store.delete_prefix(&format!("backups/{}", row.id), Some(attempt_prefix)).await
+        && let Err(e) = ctx.store.delete_backup(row.id, row.attempts, Some(attempt_prefix)).await
     {
         tracing::warn!(error = %e, "could not remove objects of abandoned attempts");
     }

@@ -14,7 +14,7 @@ pub async fn run(ctx: &JobContext, id: Uuid) -> anyhow::Result<()> {
         }
         let span = tracing::info_span!("delete", backup_id = %b.id, instance_id = %b.instance_id);
         async {
-            match ctx.store.delete_prefix(&format!("backups/{}", b.id), None).await {
+            match ctx.store.delete_backup(b.id, b.attempts, None).await {
                 Ok(objects) => {
                     lifecycle::remove_deleted(&ctx.db, b.id).await?;
                     tracing::info!(objects, "backup deleted");

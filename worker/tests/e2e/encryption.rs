@@ -41,7 +41,7 @@ fn volume(dir: &Path, seed: u8) -> Vec<u8> {
 
 /// Every stored object of backup `id`, by name.
 fn stored_objects(app: &TestApp, id: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = app.config.data_dir.join(format!("artifacts/backups/{id}/1"));
+    let dir = app.config.data_dir.join(format!("artifacts/backups/{id}.1"));
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| {

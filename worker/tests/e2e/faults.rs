@@ -243,17 +243,15 @@ async fn workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
     assert!(restored.values().all(|n| *n == 1), "a restore completed twice: {restored:?}");
     assert!(restored.keys().all(|id| restores.iter().any(|(r, _)| r == id)), "{restored:?}");
     // Abandoned attempts left no objects behind.
-    let artifacts = app.config.data_dir.join("artifacts/backups");
     for (id, _) in &states {
-        let attempts: Vec<_> = std::fs::read_dir(artifacts.join(id)).unwrap().collect();
-        let names: Vec<_> = std::fs::read_dir(artifacts.join(id))
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
+        let attempts = app.stored_attempts(id);
+        let names: Vec<_> = attempts
+            .iter()
+            .map(|p| {
                 format!(
                     "{} {:?}",
                     p.display(),
-                    std::fs::read_dir(&p).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+                    std::fs::read_dir(p).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
                 )
             })
             .collect();
@@ -353,11 +351,11 @@ async fn a_flipped_byte_is_found_by_verify_and_named_by_restore() {
     };
     let resp = verify(&app, id.to_owned()).await;
     assert_eq!(resp.status().as_u16(), 202);
-    let checked = wait_verify(&app, id).await;
+    let checked = app.wait_verify(id).await;
     assert_eq!(checked["status"], "OK", "{checked}");
 
     // Flip one byte in the middle of the first pack.
-    let attempt = app.config.data_dir.join(format!("artifacts/backups/{id}/1"));
+    let attempt = app.config.data_dir.join(format!("artifacts/backups/{id}.1"));
     let pack = attempt.join("pack-00000");
     let mut bytes = std::fs::read(&pack).unwrap();
     let middle = bytes.len() / 2;
@@ -365,7 +363,7 @@ async fn a_flipped_byte_is_found_by_verify_and_named_by_restore() {
     std::fs::write(&pack, bytes).unwrap();
 
     verify(&app, id.to_owned()).await;
-    let checked = wait_verify(&app, id).await;
+    let checked = app.wait_verify(id).await;
     assert_eq!(checked["status"], "CORRUPTED", "{checked}");
     assert!(checked["message"].as_str().unwrap().contains("pack-00000"), "{checked}");
 
@@ -378,19 +376,6 @@ async fn a_flipped_byte_is_found_by_verify_and_named_by_restore() {
     // cannot be verified.
     let (status, body) = app.post(&format!("/backups/{id}/action"), &json!({"explode": {}})).await;
     cairn_testkit::assert_fault(status, &body, 400, "badRequest");
-}
-
-async fn wait_verify(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = app.get(&format!("/backups/{id}")).await;
-        let verify = body["backup"]["verify"].clone();
-        if verify["status"] != "RUNNING" && !verify.is_null() {
-            return verify;
-        }
-        assert!(Instant::now() < deadline, "verify did not finish: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Publishes `payload` straight into the backup queue, as a duplicate or a
@@ -433,8 +418,8 @@ async fn the_same_message_twice_and_two_racing_workers_have_one_effect() {
     assert_eq!(done["status"], "COMPLETED");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.count(&format!("SELECT attempts::bigint AS n FROM backups WHERE id = '{id}'")).await, 1);
-    let attempts = std::fs::read_dir(app.config.data_dir.join(format!("artifacts/backups/{id}"))).unwrap().count();
-    assert_eq!(attempts, 1, "one attempt, one set of objects");
+    let attempts = app.stored_attempts(&id.to_string());
+    assert_eq!(attempts.len(), 1, "one attempt, one set of objects: {attempts:?}");
 }
 
 #[tokio::test]

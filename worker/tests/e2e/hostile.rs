@@ -44,7 +44,7 @@ fn with_entry(m: &Manifest, path: &str, kind: EntryKind) -> Manifest {
 /// Stores `m` as backup `id`'s manifest and records its checksum.
 async fn replace_manifest(app: &TestApp, id: &str, m: &Manifest) {
     let bytes = encode_manifest(m);
-    std::fs::write(app.config.data_dir.join(format!("artifacts/backups/{id}/1/manifest")), &bytes).unwrap();
+    std::fs::write(app.config.data_dir.join(format!("artifacts/backups/{id}.1/manifest")), &bytes).unwrap();
     let sql = format!("UPDATE backups SET checksum = '{}' WHERE id = '{id}'", checksum(&bytes));
     app.db.execute_unprepared(&sql).await.unwrap();
 }
@@ -75,7 +75,7 @@ async fn crafted_artifacts_fail_the_restore_and_write_nothing_outside() {
     let inst = app.register("g", &dir).await;
     let full = app.backup_completed(&inst, "full", None).await;
     let id = full["id"].as_str().unwrap();
-    let stored = std::fs::read(app.config.data_dir.join(format!("artifacts/backups/{id}/1/manifest"))).unwrap();
+    let stored = std::fs::read(app.config.data_dir.join(format!("artifacts/backups/{id}.1/manifest"))).unwrap();
     let original = decode_manifest(&stored).unwrap();
     let payload = original.find("a.txt").unwrap().kind.clone();
 
@@ -99,7 +99,7 @@ async fn crafted_artifacts_fail_the_restore_and_write_nothing_outside() {
 
     // Garbage where the manifest was.
     let garbage = b"CAIRNMAN\x01\x00\x00\x00 not a zstd frame".to_vec();
-    std::fs::write(app.config.data_dir.join(format!("artifacts/backups/{id}/1/manifest")), &garbage).unwrap();
+    std::fs::write(app.config.data_dir.join(format!("artifacts/backups/{id}.1/manifest")), &garbage).unwrap();
     let sql = format!("UPDATE backups SET checksum = '{}' WHERE id = '{id}'", checksum(&garbage));
     app.db.execute_unprepared(&sql).await.unwrap();
     refused(&app, "r5", id, &outside, "corrupt manifest").await;
@@ -121,7 +121,7 @@ async fn a_decompression_bomb_in_a_stored_pack_fails_the_restore() {
     let inst = app.register("g", &dir).await;
     let full = app.backup_completed(&inst, "full", None).await;
     let id = full["id"].as_str().unwrap();
-    let attempt = app.config.data_dir.join(format!("artifacts/backups/{id}/1"));
+    let attempt = app.config.data_dir.join(format!("artifacts/backups/{id}.1"));
     let mut m = decode_manifest(&std::fs::read(attempt.join("manifest")).unwrap()).unwrap();
 
     // The pack becomes one small zstd frame expanding to 512 MiB of zeros;

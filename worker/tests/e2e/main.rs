@@ -7,6 +7,7 @@ mod batches;
 mod encryption;
 mod faults;
 mod hostile;
+mod layout;
 mod openapi;
 mod openstack_client;
 mod progress;

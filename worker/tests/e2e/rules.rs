@@ -209,29 +209,21 @@ async fn rule5_delete_cascades_to_descendants_and_their_objects() {
     let full = app.backup_completed(&a, "full", None).await;
     let c1 = app.backup_completed(&a, "c1", full["id"].as_str()).await;
     let c2 = app.backup_completed(&a, "c2", c1["id"].as_str()).await;
-    let artifacts = app.config.data_dir.join("artifacts/backups");
     for b in [&full, &c1, &c2] {
-        assert!(artifacts.join(b["id"].as_str().unwrap()).exists());
+        assert_eq!(app.stored_attempts(b["id"].as_str().unwrap()).len(), 1);
     }
     let (status, _) = app.delete(&format!("/backups/{}", c1["id"].as_str().unwrap())).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     for gone in [&c1, &c2] {
         let id = gone["id"].as_str().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, _) = app.get(&format!("/backups/{id}")).await;
-            if status == StatusCode::NOT_FOUND {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "backup {id} was not deleted");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!artifacts.join(id).exists(), "objects of {id} remain");
+        app.wait_backup_deleted(id).await;
+        let left = app.stored_attempts(id);
+        assert!(left.is_empty(), "objects of {id} remain: {left:?}");
     }
     let (status, body) = app.get(&format!("/backups/{}", full["id"].as_str().unwrap())).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["backup"]["status"], "COMPLETED");
-    assert!(artifacts.join(full["id"].as_str().unwrap()).exists());
+    assert_eq!(app.stored_attempts(full["id"].as_str().unwrap()).len(), 1);
 }
 
 #[tokio::test]
