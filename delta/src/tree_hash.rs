@@ -71,6 +71,9 @@ fn left_count(n: usize) -> usize {
 /// file without reading it back and hashing it again.
 pub(crate) struct BlockValues {
     kind: BlockHashKind,
+    /// False for a restore too large to keep a value per block (memory
+    /// must not grow with the data): its files are read back instead.
+    keep: bool,
     /// (entry index, block index, value); file-tree chains only.
     values: Vec<(usize, u64, ChainingValue)>,
     /// (entry index, root hash) of the files of one block.
@@ -78,8 +81,8 @@ pub(crate) struct BlockValues {
 }
 
 impl BlockValues {
-    pub(crate) fn new(kind: BlockHashKind) -> Self {
-        BlockValues { kind, values: Vec::new(), roots: Vec::new() }
+    pub(crate) fn new(kind: BlockHashKind, keep: bool) -> Self {
+        BlockValues { kind, keep, values: Vec::new(), roots: Vec::new() }
     }
 
     /// The hash the manifest records for `block`, block `index` of the
@@ -87,6 +90,7 @@ impl BlockValues {
     pub(crate) fn hash(&mut self, entry: usize, index: u64, nblocks: u64, block: &[u8], block_size: u64) -> BlockHash {
         match self.kind {
             BlockHashKind::Standalone => block_hash(block),
+            BlockHashKind::FileTree if !self.keep => truncate(&subtree_value(block, index * block_size)),
             BlockHashKind::FileTree => {
                 let value = subtree_value(block, index * block_size);
                 self.values.push((entry, index, value));
@@ -112,7 +116,7 @@ impl BlockValues {
             EntryKind::File(f) => Some((i, e, f)),
             _ => None,
         });
-        if self.kind == BlockHashKind::Standalone {
+        if self.kind == BlockHashKind::Standalone || !self.keep {
             return (Vec::new(), files.map(|(i, _, _)| i).collect());
         }
         self.values.sort_unstable_by_key(|&(entry, block, _)| (entry, block));
@@ -160,6 +164,51 @@ mod tests {
                 let parts: Vec<ChainingValue> =
                     file.chunks(bs).enumerate().map(|(i, b)| subtree_value(b, (i * bs) as u64)).collect();
                 assert_eq!(&merge_root(&parts), blake3::hash(file).as_bytes(), "bs {bs}, len {len}");
+            }
+        }
+    }
+
+    /// Values not kept: every file is left to be read back, none judged.
+    #[test]
+    fn a_restore_too_large_to_keep_values_reads_every_file_back() {
+        let block = vec![1u8; 4096];
+        let file = EntryKind::File(crate::manifest::FileEntry {
+            size: 4096,
+            inode: 1,
+            ctime: Default::default(),
+            blake3: [0; 32], // wrong: only a read-back may judge it
+            block_hashes: vec![BlockHashKind::FileTree.hash(&block, 0)],
+            base: None,
+            content: crate::manifest::FileContent::Unchanged,
+        });
+        let m = Manifest {
+            header: crate::manifest::Header {
+                format_version: crate::FORMAT_VERSION,
+                backup_id: uuid::Uuid::from_u128(1),
+                instance_id: uuid::Uuid::from_u128(2),
+                parent: None,
+                block_size: 4096,
+                block_hashes: BlockHashKind::FileTree,
+                packs: vec![],
+            },
+            entries: vec![Entry {
+                path: "f".into(),
+                kind: file,
+                mode: 0o644,
+                mtime: Default::default(),
+                uid: 0,
+                gid: 0,
+            }],
+        };
+        for keep in [true, false] {
+            let mut values = BlockValues::new(BlockHashKind::FileTree, keep);
+            assert_eq!(values.hash(0, 0, 1, &block, 4096), BlockHashKind::FileTree.hash(&block, 0));
+            let (wrong, unchecked) = values.check(&m);
+            if keep {
+                assert_eq!((wrong.len(), unchecked.len()), (1, 0), "judged from the kept values");
+                assert_eq!(wrong[0].1, *blake3::hash(&block).as_bytes());
+            } else {
+                assert_eq!((wrong.len(), unchecked), (0, vec![0]), "left to the read-back");
             }
         }
     }
