@@ -13,9 +13,13 @@
 //!   BLAKE3 is merged from the chunks' BLAKE3 subtrees (BLAKE3 is a tree
 //!   hash), so it describes exactly the bytes whose blocks were stored
 //!   without a second pass on the reading thread.
-//! - Changed blocks are grouped into runs of consecutive blocks and each run
-//!   is one zstd frame: bigger frames compress better and mean fewer ranges
-//!   to fetch at restore, while the cap keeps restore memory bounded.
+//! - Changed blocks are grouped into runs of consecutive blocks, and all the
+//!   runs of a 1 MiB chunk share one zstd frame: a database changes pages
+//!   here and there, and one page compressed alone compresses poorly. The
+//!   chunk caps a frame, which keeps restore memory bounded.
+//! - Each block is hashed once, as a subtree of its file's BLAKE3 tree
+//!   ([`crate::tree_hash`]); the chunk's and the file's hashes are merged
+//!   from the blocks' values.
 //! - Packs are written to the caller's staging directory with `create_new`;
 //!   on failure the packs written so far are removed, so a failed attempt
 //!   leaves nothing that could be mistaken for a usable backup.
