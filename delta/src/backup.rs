@@ -341,9 +341,27 @@ struct Pipeline<'m, 's> {
     max_in_flight: usize,
 }
 
+/// The compressor of stored blocks at `level`.
+///
+/// At the fast levels (below 3) zstd only takes matches of 6 bytes or
+/// more. Database pages are rows of 4- and 8-byte fields and WAL records
+/// of such rows, where 5-byte matches find much more at the same speed:
+/// on the changed blocks of one 28,000-transaction pgbench round, level 1
+/// stored the WAL's 210 MiB in 23.5 MiB and the tables' 207 MiB in
+/// 12.9 MiB; with matches from 5 bytes, 20.3 and 12.1 MiB (level 3's
+/// bytes), at level 1's 610 and 970 MB/s a core (`pg-blocks analyse`,
+/// schemes "(b) z1" and "(b) z1 m5"). Frames decode the same either way.
+pub fn block_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    if level < 3 {
+        compressor.set_parameter(zstd::zstd_safe::CParameter::MinMatch(5))?;
+    }
+    Ok(compressor)
+}
+
 /// Hashes, compares and compresses chunks until the job channel closes.
 fn chunk_worker(jobs: &Mutex<mpsc::Receiver<ChunkJob<'_>>>, hashing: Hashing, zstd_level: i32) {
-    let mut compressor = zstd::bulk::Compressor::new(zstd_level).ok();
+    let mut compressor = block_compressor(zstd_level).ok();
     // The changed runs of a chunk, gathered to be compressed as one frame.
     let mut gathered = Vec::with_capacity(CHUNK_BYTES);
     loop {
@@ -726,13 +744,11 @@ impl<'a> Backup<'a> {
         let blocks_per_chunk = (CHUNK_BYTES / self.block_size as usize) as u64;
         loop {
             let mut data = self.packs.buffer();
-            data.resize(CHUNK_BYTES, 0);
-            let n = read_full(&mut file, &mut data).map_err(|e| DeltaError::io(full, "reading", e))?;
+            let n = read_chunk(&mut file, &mut data).map_err(|e| DeltaError::io(full, "reading", e))?;
             if n == 0 {
                 self.packs.recycle(data);
                 break;
             }
-            data.truncate(n);
             self.throttle.consumed(n as u64);
             let offset = size;
             size += n as u64;
@@ -936,17 +952,14 @@ fn ctime_of(m: &fs::Metadata) -> Timestamp {
     Timestamp { sec: m.ctime(), nsec: m.ctime_nsec() as u32 }
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match f.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+/// Reads the next chunk of `f` into `buf` (emptied first): `CHUNK_BYTES`,
+/// or fewer at the end of the file. The read goes into the buffer's spare
+/// capacity, which is not zeroed first: zeroing every chunk before reading
+/// over it was 3% of a backup's CPU.
+fn read_chunk(f: &mut File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    buf.reserve_exact(CHUNK_BYTES);
+    f.take(CHUNK_BYTES as u64).read_to_end(buf)
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -1091,8 +1104,7 @@ impl PackSink {
         self.recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES))
     }
 
-    /// Takes a buffer back. Its bytes are left as they are: the next
-    /// chunk is read over them, so only a short buffer's tail is zeroed.
+    /// Takes a buffer back; the next chunk is read into its capacity.
     fn recycle(&mut self, buffer: Vec<u8>) {
         let _ = self.recycle.send(buffer);
     }
@@ -1266,5 +1278,36 @@ impl Throttle {
         if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
             std::thread::sleep(ahead);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows like a pgbench table's: a few 4-byte integers that differ from
+    /// row to row, then padding. The shared bytes between rows are runs of
+    /// 5, which zstd's own level 1 (matches from 6 bytes) leaves unmatched.
+    fn table_rows(rows: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for id in 0..rows {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&(id / 100_000).to_le_bytes());
+            out.extend_from_slice(&(id.wrapping_mul(2_654_435_761) % 5_000).to_le_bytes());
+            out.extend_from_slice(&[0x20, 0, 0, 0, 0]);
+        }
+        out
+    }
+
+    #[test]
+    fn block_compressor_takes_short_matches_and_stays_plain_zstd() {
+        let data = table_rows(60_000);
+        let ours = block_compressor(1).unwrap().compress(&data).unwrap();
+        let plain = zstd::bulk::compress(&data, 1).unwrap();
+        assert!(ours.len() < plain.len(), "tuned {} bytes vs level 1's {}", ours.len(), plain.len());
+        assert_eq!(zstd::bulk::decompress(&ours, data.len()).unwrap(), data);
+        // Levels that already match from 5 bytes are left as zstd makes them.
+        let three = block_compressor(3).unwrap().compress(&data).unwrap();
+        assert_eq!(three, zstd::bulk::compress(&data, 3).unwrap());
     }
 }

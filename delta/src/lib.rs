@@ -39,7 +39,7 @@ mod restore;
 mod sync;
 mod tree_hash;
 
-pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree};
+pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree, block_compressor};
 pub use chain::{ChainLink, verify_chain};
 pub use codec::{
     DecodeLimits, MAX_MANIFEST_DECODED, MAX_MANIFEST_MEMORY, MAX_RUN_RAW, decode_manifest, decode_manifest_with_limits,
