@@ -33,6 +33,7 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
@@ -165,9 +166,13 @@ fn apply(
     }
 
     // 3. Write content, link by link from the root, on every core: each
-    // link's pieces (in pack order) are cut into one contiguous share per
-    // thread, at run boundaries so no run is decoded twice. Files that take
-    // a lot of writes are synced in the background as they go, so the disk
+    // link's pieces (in pack order) are cut into contiguous shares, at run
+    // boundaries so no run is decoded twice, and the threads take the
+    // shares in turn until none is left. Shares are several per thread:
+    // the data of a pack is not equally costly everywhere (WAL decodes at
+    // half the speed of table pages), and with one share per thread one
+    // thread idled while the other finished its half. Files that take a
+    // lot of writes are synced in the background as they go, so the disk
     // writes while the next runs are decoded (see `sync`).
     let syncer = Syncer::new();
     let writing = std::time::Instant::now();
@@ -180,21 +185,48 @@ fn apply(
         on_step(k + 1, n);
         let header = &links[k].manifest.header;
         pieces.sort_by_key(|p| (p.run.pack, p.run.offset, p.from));
-        let shares = split_at_runs(pieces, threads, u64::from(bs));
+        let shares = split_at_runs(pieces, threads * SHARES_PER_THREAD, u64::from(bs));
         if shares.len() == 1 {
             writers[0].write(packs, header, shares[0])?;
             continue;
         }
-        std::thread::scope(|scope| {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let errors = std::thread::scope(|scope| {
             let running: Vec<_> = writers
                 .iter_mut()
-                .zip(&shares)
-                .map(|(w, share)| scope.spawn(move || w.write(packs, header, share)))
+                .map(|w| {
+                    let (next, failed, shares) = (&next, &failed, &shares);
+                    scope.spawn(move || {
+                        let mut errors = Vec::new();
+                        while !failed.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(share) = shares.get(i) else { break };
+                            if let Err(e) = w.write(packs, header, share) {
+                                failed.store(true, Ordering::Relaxed);
+                                errors.push((i, e));
+                            }
+                        }
+                        errors
+                    })
+                })
                 .collect();
-            // Every share is waited for; the first error (in pack order) wins.
-            let results: Vec<_> = running.into_iter().map(|t| t.join()).collect();
-            results.into_iter().try_for_each(|r| r.unwrap_or_else(|_| Err(panicked("writing"))))
-        })?;
+            // Every thread is waited for; a panic counts as an error of
+            // the last share.
+            let mut errors = Vec::new();
+            for t in running {
+                match t.join() {
+                    Ok(e) => errors.extend(e),
+                    Err(_) => errors.push((usize::MAX, panicked("writing"))),
+                }
+            }
+            errors
+        });
+        // The error of the first failed share in pack order wins, as if
+        // the shares had been written one after the other.
+        if let Some((_, e)) = errors.into_iter().min_by_key(|(i, _)| *i) {
+            return Err(e);
+        }
     }
     stats.write_time = writing.elapsed();
     let mut values = zero_values;
@@ -576,19 +608,24 @@ impl<'a> Tree<'a> {
 
 /// Threads a restore writes and verifies with, at most.
 const MAX_THREADS: usize = 8;
+/// Shares of a step's pieces per thread (see step 3 of `apply`)...
+const SHARES_PER_THREAD: usize = 8;
+/// ...but none smaller than this.
+const MIN_SHARE: u64 = 4 << 20;
 
 fn panicked(what: &str) -> DeltaError {
     DeltaError::io("", "restoring", io::Error::other(format!("a {what} thread panicked")))
 }
 
-/// Cuts `pieces` (sorted by pack and offset) into up to `threads`
+/// Cuts `pieces` (sorted by pack and offset) into up to `wanted`
 /// contiguous shares of about equal bytes, never between two pieces of
-/// one run. Small steps stay in one share: a thread costs more than it
-/// saves below a few MiB.
-fn split_at_runs(pieces: &[Piece], threads: usize, bs: u64) -> Vec<&[Piece]> {
+/// one frame, and none under [`MIN_SHARE`]: a small step stays in one
+/// share, as a thread costs more than it saves below a few MiB.
+fn split_at_runs(pieces: &[Piece], wanted: usize, bs: u64) -> Vec<&[Piece]> {
     let bytes = |p: &Piece| (p.to - p.from) * bs;
     let total: u64 = pieces.iter().map(bytes).sum();
-    if threads <= 1 || total < 8 << 20 {
+    let threads = wanted.min((total / MIN_SHARE) as usize);
+    if threads <= 1 {
         return vec![pieces];
     }
     let mut shares = Vec::with_capacity(threads);

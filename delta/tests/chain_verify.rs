@@ -190,3 +190,38 @@ fn restored_content_is_checked_against_the_last_manifest() {
     let real = blake3::hash(&std::fs::read(src.path().join("b")).unwrap()).to_hex().to_string();
     assert!(msg.contains(&real), "{msg} names {real}");
 }
+
+#[test]
+fn with_many_shares_the_first_corruption_in_pack_order_is_reported() {
+    // 32 MiB of compressible data: a full restore cut into several shares
+    // that the writing threads take in turn.
+    let src = tempfile::tempdir().unwrap();
+    write(&src.path().join("big"), &compressible_bytes(32 << 20));
+    let mut c = Chain::new(BackupOptions::default());
+    c.backup(src.path());
+    let EntryKind::File(f) = &c.links[0].manifest.entries.iter().find(|e| e.path == "big").unwrap().kind else {
+        panic!("big is a file")
+    };
+    let mut frames: Vec<(u32, u64, u64)> = f.runs().iter().map(|r| (r.pack, r.offset, r.stored_len)).collect();
+    frames.dedup();
+    assert!(frames.len() >= 32, "{} frames", frames.len());
+    // Corrupt the last frame of the first share (4 MiB: frames 0-3) and
+    // the first of the second: the thread on the second share usually
+    // fails first, yet the error reported must be the one a restore in
+    // pack order would meet first.
+    let (early, late) = (frames[3], frames[4]);
+    assert_eq!((early.0, late.0), (0, 0), "one pack expected");
+    let pack = &c.outputs[0].packs[0];
+    let mut bytes = fs::read(&pack.path).unwrap();
+    for (_, offset, len) in [early, late] {
+        bytes[(offset + len / 2) as usize] ^= 0x55;
+    }
+    fs::write(&pack.path, &bytes).unwrap();
+    for _ in 0..5 {
+        let target = tempfile::tempdir().unwrap();
+        match restore_chain(&c.links, &c.packs, target.path(), &mut |_, _| {}) {
+            Err(DeltaError::PackData { offset, .. }) => assert_eq!(offset, early.1),
+            other => panic!("expected the early frame's PackData error, got {other:?}"),
+        }
+    }
+}

@@ -108,6 +108,12 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 16)]
         block_kib: u32,
+        /// Then restore the 2-link chain (`restore_chain`, which syncs) and
+        /// restic's latest snapshot (`restic restore` + `sync`), each from a
+        /// warm cache into a fresh directory under this one: on a disk and
+        /// on a tmpfs, they separate the disk's share from the CPU's.
+        #[arg(long)]
+        restore_under: Option<PathBuf>,
     },
     /// As the service runs it: `cp -a` the parent to `<dir>/live-cairn`,
     /// full backup (cairn and restic), one more pgbench round on that same
@@ -143,7 +149,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Make { dir, scale, secs, transactions, port } => make(&dir, scale, secs, transactions, port),
         Cmd::Analyse { dir } => analyse(&dir),
         Cmd::ResticClasses { dir } => restic_classes(&dir),
-        Cmd::Cairn { dir, block_kib } => cairn(&dir, block_kib),
+        Cmd::Cairn { dir, block_kib, restore_under } => cairn(&dir, block_kib, restore_under.as_deref()),
         Cmd::Manifest { file } => manifest_bytes(&file),
         Cmd::CairnLive { dir, block_kib, secs, port } => cairn_live(&dir, block_kib, secs, port),
     }
@@ -293,7 +299,7 @@ fn manifest_bytes(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cairn(dir: &Path, block_kib: u32) -> anyhow::Result<()> {
+fn cairn(dir: &Path, block_kib: u32, restore_under: Option<&Path>) -> anyhow::Result<()> {
     let opts = cairn_delta::BackupOptions { block_size: block_kib << 10, ..Default::default() };
     let ids = cairn_delta::LinkIds { backup_id: uuid::Uuid::new_v4(), instance_id: uuid::Uuid::new_v4() };
     let staging = tempfile_dir(dir, "cairn-staging-full")?;
@@ -329,8 +335,67 @@ fn cairn(dir: &Path, block_kib: u32) -> anyhow::Result<()> {
     let kept = dir.join("cairn-incr.manifest");
     std::fs::write(&kept, &incr.manifest_bytes)?;
     manifest_bytes(&kept)?;
+    if let Some(under) = restore_under {
+        restore_both(dir, under, [&full, &incr])?;
+    }
     std::fs::remove_dir_all(&staging)?;
     std::fs::remove_dir_all(&staging_incr)?;
+    Ok(())
+}
+
+/// Packs of staged backups, read in place.
+struct StagedPacks(HashMap<(uuid::Uuid, String), PathBuf>);
+
+impl cairn_delta::PackSource for StagedPacks {
+    fn read_range(&self, backup_id: uuid::Uuid, pack: &str, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let path = self.0.get(&(backup_id, pack.to_owned())).ok_or(std::io::ErrorKind::NotFound)?;
+        let mut buf = vec![0; len as usize];
+        File::open(path)?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+}
+
+/// Restores `links` with cairn and restic's latest snapshot of the child
+/// under `under`, and prints both times and their ratio.
+fn restore_both(dir: &Path, under: &Path, links: [&cairn_delta::BackupOutput; 2]) -> anyhow::Result<()> {
+    let mut packs = HashMap::new();
+    let mut chain = Vec::new();
+    for l in links {
+        for p in &l.packs {
+            sh(&format!("cat {} > /dev/null", p.path.display()))?;
+            packs.insert((l.manifest.header.backup_id, p.name.clone()), p.path.clone());
+        }
+        chain.push(cairn_delta::ChainLink { manifest: l.manifest.clone(), checksum: l.checksum.clone() });
+    }
+    let packs = StagedPacks(packs);
+    let target = tempfile_dir(under, "restore-cairn")?;
+    sh("sync")?;
+    let t = Instant::now();
+    let stats = cairn_delta::restore_chain(&chain, &packs, &target, &mut |_, _| {})?;
+    let cairn_s = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&target)?;
+    let target = tempfile_dir(under, "restore-restic")?;
+    sh(&format!(
+        "cat {}/restic-repo/*/* {}/restic-repo/data/*/* > /dev/null 2>&1; sync",
+        dir.display(),
+        dir.display()
+    ))?;
+    let t = Instant::now();
+    sh(&format!(
+        "RESTIC_PASSWORD=bench restic -q -r {} restore latest --target {} && sync",
+        dir.join("restic-repo").display(),
+        target.display()
+    ))?;
+    let restic_s = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&target)?;
+    println!(
+        "restore under {}: cairn {cairn_s:.2} s (write {:.2} s, sync {:.2} s, {} MiB written), restic {restic_s:.2} s, cairn / restic {:.2}",
+        under.display(),
+        stats.write_time.as_secs_f64(),
+        stats.sync_time.as_secs_f64(),
+        mib(stats.bytes_written),
+        cairn_s / restic_s
+    );
     Ok(())
 }
 
