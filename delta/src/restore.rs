@@ -624,15 +624,15 @@ fn panicked(what: &str) -> DeltaError {
 fn split_at_runs(pieces: &[Piece], wanted: usize, bs: u64) -> Vec<&[Piece]> {
     let bytes = |p: &Piece| (p.to - p.from) * bs;
     let total: u64 = pieces.iter().map(bytes).sum();
-    let threads = wanted.min((total / MIN_SHARE) as usize);
-    if threads <= 1 {
+    let count = wanted.min((total / MIN_SHARE) as usize);
+    if count <= 1 {
         return vec![pieces];
     }
-    let mut shares = Vec::with_capacity(threads);
+    let mut shares = Vec::with_capacity(count);
     let (mut from, mut acc) = (0, 0u64);
     for (i, p) in pieces.iter().enumerate() {
         let same_run = i > 0 && (pieces[i - 1].run.pack, pieces[i - 1].run.offset) == (p.run.pack, p.run.offset);
-        if !same_run && acc >= total * (shares.len() as u64 + 1) / threads as u64 && shares.len() + 1 < threads {
+        if !same_run && acc >= total * (shares.len() as u64 + 1) / count as u64 && shares.len() + 1 < count {
             shares.push(&pieces[from..i]);
             from = i;
         }
