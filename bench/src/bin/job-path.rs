@@ -13,7 +13,14 @@
 //! - database commits per job (`pg_stat_database.xact_commit`), with this
 //!   program's own queries and the idle service's background commits taken
 //!   out;
-//! - `pgbench -N` tps on the same PostgreSQL, and optionally the Celery peer.
+//! - `pgbench -N` tps on the same PostgreSQL, and optionally the Celery peer;
+//! - the floor of the idle latency: each durable step an idle backup waits
+//!   on, timed alone on the same services and disk in the same run (one
+//!   commit, a quorum queue's publish-to-delivery, the artifact's directory
+//!   and three fsyncs). An idle backup waits on three commits (submission,
+//!   claim, completion), one delivery and one artifact, so the sum of
+//!   those medians is what its latency cannot go below while it keeps every
+//!   durability point; the table shows how far above it cairn is.
 //!
 //! Why many instances: the rule "at most one BUILDING backup per instance"
 //! serializes an instance's backups (each waits for the previous one to end
@@ -31,6 +38,7 @@ use anyhow::{Context, bail};
 use cairn_bench::*;
 use clap::Parser;
 use futures::StreamExt;
+use sea_orm::ConnectionTrait;
 
 #[derive(Parser, Debug)]
 #[command(about = "cairn job-path benchmark: idle latency, burst throughput, commits per job, pgbench -N")]
@@ -92,6 +100,16 @@ struct RunFigures {
     pgbench_tps: f64,
     celery_jobs_per_s: f64,
     celery_p50_ms: f64,
+    floor_commit_ms: f64,
+    floor_delivery_ms: f64,
+    floor_artifact_ms: f64,
+}
+
+impl RunFigures {
+    /// Three commits, one delivery, one artifact: an idle backup's durable steps.
+    fn floor_ms(&self) -> f64 {
+        3.0 * self.floor_commit_ms + self.floor_delivery_ms + self.floor_artifact_ms
+    }
 }
 
 #[tokio::main]
@@ -126,6 +144,11 @@ async fn main() -> anyhow::Result<()> {
             (f.celery_jobs_per_s, f.celery_p50_ms) = celery(dir).context("celery peer")?;
             eprintln!("run {run}: celery {:.0} jobs/s, p50 {:.1} ms", f.celery_jobs_per_s, f.celery_p50_ms);
         }
+        floors(&svc, &mut f).await.context("timing the durable steps alone")?;
+        eprintln!(
+            "run {run}: floors: commit {:.2} ms, delivery {:.2} ms, artifact {:.2} ms",
+            f.floor_commit_ms, f.floor_delivery_ms, f.floor_artifact_ms
+        );
         idle_latency(&mut svc, &idle_instance, run, args.idle, &mut f).await?;
         eprintln!("run {run}: idle p50 {:.2} ms (rows {:.2} ms)", f.idle_client_p50_ms, f.idle_db_p50_ms);
         burst(&mut svc, &instances, run, &args, &mut f).await?;
@@ -156,6 +179,11 @@ async fn main() -> anyhow::Result<()> {
     row("idle submit->COMPLETED p99, ms (client)", |r| r.idle_client_p99_ms, None, false);
     row("idle created->COMPLETED p50, ms (row timestamps)", |r| r.idle_db_p50_ms, None, false);
     row("idle created->COMPLETED p99, ms (row timestamps)", |r| r.idle_db_p99_ms, None, false);
+    row("floor: one commit (INSERT, autocommit) p50, ms", |r| r.floor_commit_ms, None, false);
+    row("floor: quorum queue publish->delivery p50, ms", |r| r.floor_delivery_ms, None, false);
+    row("floor: artifact (mkdir, manifest, 3 fsyncs) p50, ms", |r| r.floor_artifact_ms, None, false);
+    row("floor: 3 commits + delivery + artifact, ms", RunFigures::floor_ms, None, false);
+    row("idle p50 (rows) / floor", |r| r.idle_db_p50_ms / r.floor_ms(), None, false);
     row("burst: API submit p50, ms", |r| r.submit_p50_ms, None, false);
     row("burst: API submit p99, ms", |r| r.submit_p99_ms, Some(20.0), false);
     row("burst: submissions/s", |r| r.submit_rate, None, true);
@@ -191,6 +219,129 @@ async fn main() -> anyhow::Result<()> {
     );
     print!("{}", t.render());
     Ok(())
+}
+
+/// Samples of each floor, one every [`FLOOR_GAP`] so that each runs on a
+/// quiet machine, as an idle backup does.
+const FLOOR_SAMPLES: usize = 100;
+const FLOOR_GAP: Duration = Duration::from_millis(20);
+
+/// Times each durable step of an idle backup alone, on the service's
+/// PostgreSQL, RabbitMQ and data directory: medians into `f`.
+async fn floors(svc: &Service, f: &mut RunFigures) -> anyhow::Result<()> {
+    f.floor_commit_ms = commit_floor().await.context("commit")?;
+    f.floor_delivery_ms = delivery_floor().await.context("delivery")?;
+    let dir = svc.data_dir.join("floor");
+    f.floor_artifact_ms = tokio::task::spawn_blocking(move || artifact_floor(&dir)).await?.context("artifact")?;
+    Ok(())
+}
+
+/// One-row `INSERT`s, each its own transaction, on a scratch database.
+async fn commit_floor() -> anyhow::Result<f64> {
+    let name = format!("cairn_bench_floor_{}", uuid::Uuid::new_v4().simple());
+    let admin = sea_orm::Database::connect(format!("{PG_BASE}/postgres")).await?;
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+    let timed = async {
+        let db = sea_orm::Database::connect(format!("{PG_BASE}/{name}")).await?;
+        db.execute_unprepared("CREATE TABLE probe (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+            .await?;
+        let mut ms = Vec::with_capacity(FLOOR_SAMPLES);
+        for _ in 0..FLOOR_SAMPLES {
+            tokio::time::sleep(FLOOR_GAP).await;
+            let t = Instant::now();
+            db.execute_unprepared("INSERT INTO probe DEFAULT VALUES").await?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        db.close().await?;
+        anyhow::Ok(median(&ms))
+    }
+    .await;
+    admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+    timed
+}
+
+/// Persistent messages through a quorum queue of its own: from the
+/// publish until a consumer (prefetch 1, as a busy worker) has the
+/// delivery. The confirm is awaited afterwards, as the relay's does not
+/// hold the delivery back.
+async fn delivery_floor() -> anyhow::Result<f64> {
+    use lapin::{
+        BasicProperties, Connection, ConnectionProperties,
+        options::{BasicAckOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    let conn = Connection::connect(AMQP, ConnectionProperties::default()).await?;
+    let publisher = conn.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = format!("cairn-bench-floor-{}", uuid::Uuid::new_v4().simple());
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    publisher
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+        .await?;
+    let timed = async {
+        let consuming = conn.create_channel().await?;
+        consuming.basic_qos(1, BasicQosOptions::default()).await?;
+        let mut deliveries = consuming
+            .basic_consume(queue.as_str().into(), "floor".into(), Default::default(), FieldTable::default())
+            .await?;
+        let mut ms = Vec::with_capacity(FLOOR_SAMPLES);
+        for _ in 0..FLOOR_SAMPLES {
+            tokio::time::sleep(FLOOR_GAP).await;
+            let t = Instant::now();
+            let confirm = publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    Default::default(),
+                    b"{}",
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?;
+            let delivery = deliveries.next().await.context("the consumer ended")??;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            delivery.ack(BasicAckOptions::default()).await?;
+            if !confirm.await?.is_ack() {
+                bail!("RabbitMQ nacked a probe");
+            }
+        }
+        // Closed before the queue goes: a queue deleted under its consumer
+        // cancels it, and that cancel races the consumer's own.
+        drop(deliveries);
+        consuming.close(200, "floor measured".into()).await?;
+        anyhow::Ok(median(&ms))
+    }
+    .await;
+    publisher.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    conn.close(200, "floor measured".into()).await?;
+    timed
+}
+
+/// What a backup of an empty volume stores, as `ArtifactStore::put_attempt`
+/// does it: a new directory, a manifest written and synced in it, then the
+/// directory and its parent synced.
+fn artifact_floor(dir: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let sync_dir = |d: &std::path::Path| std::fs::File::open(d)?.sync_all();
+    sync_dir(dir)?;
+    let manifest = [0x5au8; 300];
+    let mut ms = Vec::with_capacity(FLOOR_SAMPLES);
+    for i in 0..FLOOR_SAMPLES {
+        std::thread::sleep(FLOOR_GAP);
+        let t = Instant::now();
+        let attempt = dir.join(format!("{i}.1"));
+        std::fs::create_dir(&attempt)?;
+        let mut file = std::fs::File::create(attempt.join("manifest"))?;
+        file.write_all(&manifest)?;
+        file.sync_all()?;
+        drop(file);
+        sync_dir(&attempt)?;
+        sync_dir(dir)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(median(&ms))
 }
 
 /// How often the idle measurement polls a submitted backup's row.
