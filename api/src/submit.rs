@@ -44,8 +44,8 @@ use std::collections::{BTreeMap, HashMap};
 use cairn_shared::{
     batch::{Batcher, Limits, Request},
     entities::{backup, instance},
-    outbox::{self, Nudge},
-    status::{BackupStatus, InstanceStatus, JobKind},
+    outbox::{self, Handed, Nudge},
+    status::{BackupStatus, InstanceStatus, JobKind, JobMessage},
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
@@ -119,10 +119,10 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
     let locks = quotas.backups.is_some()
         || quotas.bytes.is_some()
         || reqs.iter().any(|r| r.parent_id.is_some() || r.incremental);
-    let (verdicts, committed) = if locks {
+    let ((verdicts, handed), committed) = if locks {
         let outcome = match db.begin().await {
             Ok(txn) => match decide(&txn, quotas, &reqs).await {
-                Ok(verdicts) => Ok((txn, verdicts)),
+                Ok(decided) => Ok((txn, decided)),
                 Err(e) => {
                     let _ = txn.rollback().await;
                     Err(e)
@@ -131,16 +131,13 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
             Err(e) => Err(e),
         };
         match outcome {
-            Ok((txn, verdicts)) => (verdicts, txn.commit().await),
+            Ok((txn, decided)) => (decided, txn.commit().await),
             Err(e) => {
                 // Nothing was committed: record each on its own, as
                 // without batching.
                 tracing::warn!(error = %e, batch = batch.len(), "batched submission failed; recording one by one");
                 futures::future::join_all(batch.into_iter().map(|p| async move {
-                    let answer = record_one(db, quotas, &p.input).await;
-                    if answer.is_ok() {
-                        nudge.wake();
-                    }
+                    let answer = record_one(db, quotas, nudge, &p.input).await;
                     p.answer(answer);
                 }))
                 .await;
@@ -149,7 +146,7 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
         }
     } else {
         match decide(db, quotas, &reqs).await {
-            Ok(verdicts) => (verdicts, Ok(())),
+            Ok(decided) => (decided, Ok(())),
             // The insert may or may not have committed: answer as a
             // failed commit is answered.
             Err(e) => {
@@ -160,9 +157,8 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
             }
         }
     };
-    let accepted = verdicts.iter().filter(|v| matches!(v, Verdict::Accepted(_))).count();
-    if accepted > 0 && committed.is_ok() {
-        nudge.wake();
+    if committed.is_ok() && !handed.is_empty() {
+        nudge.hand(handed);
     }
     for (p, verdict) in batch.into_iter().zip(verdicts) {
         let answer = match (verdict, &committed) {
@@ -178,8 +174,13 @@ async fn record_batch(db: &DatabaseConnection, quotas: Quotas, nudge: &Nudge, ba
 }
 
 /// Checks every request and inserts the accepted ones with their outbox
-/// entries, in `txn`. `Err` only for a failed statement.
-async fn decide<C: ConnectionTrait>(txn: &C, quotas: Quotas, reqs: &[&NewBackup]) -> Result<Vec<Verdict>, DbErr> {
+/// entries, in `txn`; the entries are to be handed to the relay once
+/// committed. `Err` only for a failed statement.
+async fn decide<C: ConnectionTrait>(
+    txn: &C,
+    quotas: Quotas,
+    reqs: &[&NewBackup],
+) -> Result<(Vec<Verdict>, Vec<Handed>), DbErr> {
     let now = now_as_stored();
     let instance_ids: Vec<Uuid> = reqs.iter().map(|r| r.instance_id).collect();
     let instances: HashMap<Uuid, instance::Model> = instance::Entity::find()
@@ -261,15 +262,22 @@ async fn decide<C: ConnectionTrait>(txn: &C, quotas: Quotas, reqs: &[&NewBackup]
             Verdict::Refused(_) => None,
         })
         .collect();
+    let mut handed = Vec::with_capacity(rows.len());
     if !rows.is_empty() {
-        txn.execute_raw(insert_with_outbox(&rows)).await?;
+        for entry in txn.query_all_raw(insert_with_outbox(&rows)).await? {
+            let id: Uuid = entry.try_get("", "target_id")?;
+            handed.push(Handed {
+                outbox_id: entry.try_get("", "id")?,
+                message: JobMessage { kind: JobKind::Backup, id, attempt: 0 },
+            });
+        }
     }
-    Ok(verdicts)
+    Ok((verdicts, handed))
 }
 
 /// One statement that inserts `rows` and their outbox entries (in the
-/// order of `rows`): atomic, and on a connection outside a transaction it
-/// is its own commit.
+/// order of `rows`, handed over, returning their ids): atomic, and on a
+/// connection outside a transaction it is its own commit.
 fn insert_with_outbox(rows: &[&backup::Model]) -> Statement {
     let insert = backup::Entity::insert_many(rows.iter().map(|r| active(r))).build(DbBackend::Postgres);
     let mut values = insert.values.map(|v| v.0).unwrap_or_default();
@@ -280,17 +288,24 @@ fn insert_with_outbox(rows: &[&backup::Model]) -> Statement {
     Statement::from_sql_and_values(
         DbBackend::Postgres,
         format!(
-            "WITH inserted AS ({}) INSERT INTO outbox (kind, target_id) \
-             SELECT ${kind}, t.id FROM unnest(${ids}::uuid[]) WITH ORDINALITY AS t(id, n) ORDER BY t.n",
-            insert.sql
+            "WITH inserted AS ({}) INSERT INTO outbox (kind, target_id, handed_until) \
+             SELECT ${kind}, t.id, {} FROM unnest(${ids}::uuid[]) WITH ORDINALITY AS t(id, n) ORDER BY t.n \
+             RETURNING id, target_id",
+            insert.sql,
+            outbox::handed_until_sql()
         ),
         values,
     )
 }
 
-/// Records one submission in a transaction of its own: the path a batch
-/// falls back to.
-pub async fn record_one(db: &DatabaseConnection, quotas: Quotas, req: &NewBackup) -> ApiResult<backup::Model> {
+/// Records one submission in a transaction of its own, and hands its
+/// outbox entry to the relay: the path a batch falls back to.
+pub async fn record_one(
+    db: &DatabaseConnection,
+    quotas: Quotas,
+    nudge: &Nudge,
+    req: &NewBackup,
+) -> ApiResult<backup::Model> {
     let txn = db.begin().await?;
     let inst = instance::Entity::find_by_id(req.instance_id)
         .filter(instance::Column::ProjectId.eq(&req.project))
@@ -311,8 +326,9 @@ pub async fn record_one(db: &DatabaseConnection, quotas: Quotas, req: &NewBackup
     quota::admit_backup(&txn, quotas, &req.project).await?;
     let row = new_row(req, &inst, parent, now_as_stored());
     backup::Entity::insert(active(&row)).exec_without_returning(&txn).await?;
-    outbox::enqueue(&txn, JobKind::Backup, row.id).await?;
+    let outbox_id = outbox::enqueue_handed(&txn, JobKind::Backup, row.id).await?;
     txn.commit().await?;
+    nudge.hand([Handed { outbox_id, message: JobMessage { kind: JobKind::Backup, id: row.id, attempt: 0 } }]);
     tracing::info!(backup_id = %row.id, instance_id = %row.instance_id, parent_id = ?row.parent_id, "backup accepted");
     Ok(row)
 }

@@ -35,6 +35,7 @@ macro_rules! sql_migration {
 mod m20261125_000001_initial;
 mod m20261125_000002_retries_and_verify;
 mod m20261126_000003_auth_tokens;
+mod m20261126_000004_outbox_handoff;
 
 /// Applies cairn's migrations in order.
 pub struct Migrator;
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261125_000002_retries_and_verify::Migration),
             Box::new(m20261126_000003_auth_tokens::Migration),
+            Box::new(m20261126_000004_outbox_handoff::Migration),
         ]
     }
 }

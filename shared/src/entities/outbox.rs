@@ -10,6 +10,9 @@ pub struct Model {
     pub attempt: i32,
     pub delay_seconds: i32,
     pub created: DateTimeUtc,
+    /// Until then only the relay of the process that wrote the entry
+    /// publishes it (`cairn_shared::outbox`).
+    pub handed_until: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -115,3 +115,61 @@ async fn concurrent_submissions_over_http_are_all_recorded_and_run() {
     }
     assert_eq!(app.count("SELECT count(*) AS n FROM backups").await, 64);
 }
+
+/// A submission's outbox entry is handed to the relay of the process that
+/// committed it. If that process dies before publishing it (here: a
+/// submitter whose nudge no relay listens to), the other relays leave the
+/// entry alone while it is handed over, then publish it like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_entry_whose_relay_died_is_published_once_its_hand_off_runs_out() {
+    let app = spawn_app_with(1, AppOptions::default()).await;
+    let inst: Uuid = app.register("h", &app.volumes().join("h")).await.parse().unwrap();
+    let orphaned = Submitter::start(app.db.clone(), Quotas::default(), Nudge::default());
+    let row = orphaned.submit(new_backup(&app.project, inst, "orphaned")).await.unwrap();
+    let id = row.id.to_string();
+
+    // Written handed over for cairn_shared::outbox::HANDOFF (10 s).
+    let handed_for = format!(
+        "SELECT count(*) AS n FROM outbox WHERE target_id = '{id}' AND handed_until > now() + interval '9 seconds'"
+    );
+    assert_eq!(app.count(&handed_for).await, 1, "the entry is handed over for 10 s");
+    // Shorten the hand-off, then let the API's and the worker's relays
+    // poll (every 250 ms) several times while it lasts: they skip it.
+    app.count(&format!(
+        "WITH u AS (UPDATE outbox SET handed_until = now() + interval '1500 milliseconds' WHERE target_id = '{id}' RETURNING 1) SELECT count(*) AS n FROM u"
+    ))
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    assert_eq!(app.count(&format!("SELECT count(*) AS n FROM outbox WHERE target_id = '{id}'")).await, 1);
+    let (_, shown) = app.get(&format!("/backups/{id}")).await;
+    assert_eq!(shown["backup"]["status"], "NEW", "not published while handed over: {shown}");
+
+    // Once the hand-off has run out, a poll publishes it.
+    let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM outbox").await, 0, "the entry was deleted once published");
+}
+
+/// A submission through the service is published from the relay's memory
+/// and its entry deleted afterwards: the outbox drains and the backup runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_is_published_by_its_own_relay_and_its_entry_deleted() {
+    let app = spawn_app_with(1, AppOptions::default()).await;
+    let inst = app.register("d", &app.volumes().join("d")).await;
+    let id = app.backup(&inst, "direct", None).await["id"].as_str().unwrap().to_owned();
+    let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    // Other relays would have waited out the 10 s hand-off: completed
+    // before it ran out, it was published by the relay it was handed to.
+    let ms = app
+        .count(&format!(
+            "SELECT (extract(epoch FROM updated - created) * 1000)::bigint AS n FROM backups WHERE id = '{id}'"
+        ))
+        .await;
+    assert!(ms < 9_500, "completed {ms} ms after it was created");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while app.count("SELECT count(*) AS n FROM outbox").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the handed entry was not deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
