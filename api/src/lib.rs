@@ -70,6 +70,11 @@ pub struct Application {
     pub addr: SocketAddr,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     relay: tokio::task::JoinHandle<()>,
+    /// For what is left to do once both have stopped.
+    db: DatabaseConnection,
+    /// The relay's hand-over, which requests answered during shutdown
+    /// may still have filled.
+    nudge: Nudge,
 }
 
 impl Application {
@@ -96,6 +101,7 @@ impl Application {
             quotas,
             tokens: std::sync::Arc::new(tokens::TokenCache::new(config.token_cache)),
         };
+        let (state_db, state_nudge) = (state.db.clone(), state.nudge.clone());
         let app = router(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -104,13 +110,16 @@ impl Application {
                 .context("HTTP server failed")
         });
         tracing::info!(%addr, auth = %config.auth, "cairn-api listening");
-        Ok(Self { addr, server, relay })
+        Ok(Self { addr, server, relay, db: state_db, nudge: state_nudge })
     }
 
     /// Waits until the server has stopped.
     pub async fn wait(self) -> anyhow::Result<()> {
         let served = self.server.await.context("HTTP server task panicked")?;
         let _ = self.relay.await;
+        // Requests answered after the relay stopped handed it their
+        // entries: give those to the other processes' relays now.
+        cairn_shared::outbox::release_unpublished(&self.db, &self.nudge).await;
         served
     }
 }

@@ -21,9 +21,10 @@
 //! with `handed_until` ([`HANDOFF`] ahead); until then other relays skip it,
 //! so it is not published twice in the normal case. If the process dies
 //! between commit and publish, or the publish fails, the entry outlives its
-//! hand-off and any relay's poll publishes it as it would any other. A
-//! crash between the publish and the delete leaves a duplicate message, as
-//! before.
+//! hand-off and any relay's poll publishes it as it would any other; a
+//! process that stops cleanly gives back at once what it was handed and did
+//! not publish ([`release_unpublished`]). A crash between the publish and
+//! the delete leaves a duplicate message, as before.
 
 use std::{
     sync::{
@@ -250,6 +251,20 @@ pub async fn run_relay(db: DatabaseConnection, broker: Broker, nudge: Nudge, can
                 () = tokio::time::sleep(backoff.min(Duration::from_secs(5))) => {}
             }
         }
+    }
+    release_unpublished(&db, &nudge).await;
+}
+
+/// Gives entries handed to this process's relay and not yet published
+/// back to every relay's polls, so that another process (or this one once
+/// restarted) publishes them at once instead of after their hand-off. For
+/// a process that stops: its relay calls it on the way out, and the API
+/// again once its last requests have been answered.
+pub async fn release_unpublished(db: &DatabaseConnection, nudge: &Nudge) {
+    let handed = nudge.take_handed();
+    if !handed.is_empty() {
+        tracing::info!(entries = handed.len(), "releasing outbox entries handed over but not published");
+        release_handed(db, &handed).await;
     }
 }
 

@@ -150,6 +150,28 @@ async fn a_handed_entry_whose_relay_died_is_published_once_its_hand_off_runs_out
     assert_eq!(app.count("SELECT count(*) AS n FROM outbox").await, 0, "the entry was deleted once published");
 }
 
+/// A relay that stops gives the entries handed to it and not yet published
+/// back to the other relays at once (here: the hand-over of a submitter
+/// whose relay never ran), rather than leaving them for the 10 s hand-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_handed_to_a_stopping_relay_are_released_to_the_others_at_once() {
+    let app = spawn_app_with(1, AppOptions::default()).await;
+    let inst: Uuid = app.register("r", &app.volumes().join("r")).await.parse().unwrap();
+    let nudge = Nudge::default();
+    let stopping = Submitter::start(app.db.clone(), Quotas::default(), nudge.clone());
+    let id = stopping.submit(new_backup(&app.project, inst, "released")).await.unwrap().id.to_string();
+    let handed = format!("SELECT count(*) AS n FROM outbox WHERE target_id = '{id}' AND handed_until IS NOT NULL");
+    assert_eq!(app.count(&handed).await, 1, "handed over to the stopping relay");
+
+    let released = std::time::Instant::now();
+    cairn_shared::outbox::release_unpublished(&app.db, &nudge).await;
+    assert_eq!(app.count(&handed).await, 0, "no longer handed over");
+    let done = app.wait_backup(&id, &["COMPLETED", "FAILED"]).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let took = released.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "published {took:?} after the release, not at once");
+}
+
 /// A submission through the service is published from the relay's memory
 /// and its entry deleted afterwards: the outbox drains and the backup runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
