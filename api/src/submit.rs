@@ -45,7 +45,7 @@ use cairn_shared::{
     batch::{Batcher, Limits, Request},
     entities::{backup, instance},
     outbox::{self, Handed, Nudge},
-    status::{BackupStatus, InstanceStatus, JobKind, JobMessage},
+    status::{BackupStatus, InstanceStatus, JobKind},
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
@@ -265,11 +265,7 @@ async fn decide<C: ConnectionTrait>(
     let mut handed = Vec::with_capacity(rows.len());
     if !rows.is_empty() {
         for entry in txn.query_all_raw(insert_with_outbox(&rows)).await? {
-            let id: Uuid = entry.try_get("", "target_id")?;
-            handed.push(Handed {
-                outbox_id: entry.try_get("", "id")?,
-                message: JobMessage { kind: JobKind::Backup, id, attempt: 0 },
-            });
+            handed.push(Handed::new(entry.try_get("", "id")?, JobKind::Backup, entry.try_get("", "target_id")?));
         }
     }
     Ok((verdicts, handed))
@@ -328,7 +324,7 @@ pub async fn record_one(
     backup::Entity::insert(active(&row)).exec_without_returning(&txn).await?;
     let outbox_id = outbox::enqueue_handed(&txn, JobKind::Backup, row.id).await?;
     txn.commit().await?;
-    nudge.hand([Handed { outbox_id, message: JobMessage { kind: JobKind::Backup, id: row.id, attempt: 0 } }]);
+    nudge.hand([Handed::new(outbox_id, JobKind::Backup, row.id)]);
     tracing::info!(backup_id = %row.id, instance_id = %row.instance_id, parent_id = ?row.parent_id, "backup accepted");
     Ok(row)
 }

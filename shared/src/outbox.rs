@@ -112,6 +112,13 @@ pub struct Handed {
     pub message: JobMessage,
 }
 
+impl Handed {
+    /// The entry `outbox_id`, a first attempt's job of `kind` on `target`.
+    pub fn new(outbox_id: i64, kind: JobKind, target: Uuid) -> Self {
+        Self { outbox_id, message: JobMessage { kind, id: target, attempt: 0 } }
+    }
+}
+
 /// Wakes the relay of this process after a commit that enqueued something.
 #[derive(Clone, Default, Debug)]
 pub struct Nudge(Arc<NudgeState>);
