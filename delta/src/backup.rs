@@ -155,6 +155,7 @@ pub fn backup_tree(
                 .collect(),
         },
         entries,
+        hashes: HashCoverage::All,
     };
     if let Err(e) = codec::validate(&manifest) {
         remove_all(&staged);
@@ -196,6 +197,9 @@ fn check_parent(p: &Manifest, sum: &str, ids: LinkIds) -> Result<(), DeltaError>
     }
     if !is_hex64(&sum.to_ascii_lowercase()) {
         return Err(fail(format!("checksum {sum:?} is not 64 hex digits")));
+    }
+    if p.hashes != HashCoverage::All {
+        return Err(fail("holds only its stored blocks' hashes: resolve its chain first (resolve_chain)".into()));
     }
     codec::validate(p).map_err(|e| fail(e.to_string()))
 }

@@ -8,7 +8,7 @@
 //! same numbering as restore's "step k of N".
 
 use crate::error::DeltaError;
-use crate::manifest::{Manifest, checksum};
+use crate::manifest::{HashCoverage, Manifest, checksum};
 
 /// A decoded manifest together with the checksum of its stored bytes.
 #[derive(Debug, Clone)]
@@ -33,6 +33,27 @@ impl ChainLink {
         }
         ChainLink::from_bytes(bytes)
     }
+}
+
+/// Verify `links` (root first) as [`verify_chain`] does, then complete each
+/// link's block hashes from the link before it ([`Manifest::inherit_hashes`]),
+/// root first. A refusal names the link.
+pub fn resolve_chain(links: &mut [ChainLink]) -> Result<(), DeltaError> {
+    verify_chain(links)?;
+    for k in 1..links.len() {
+        let (done, rest) = links.split_at_mut(k);
+        let link = &mut rest[0].manifest;
+        if link.hashes == HashCoverage::All {
+            continue;
+        }
+        let backup_id = link.header.backup_id;
+        link.inherit_hashes(&done[k - 1].manifest).map_err(|e| DeltaError::Chain {
+            position: k + 1,
+            backup_id,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Check that `links` (root first) form one unbroken chain of one instance.

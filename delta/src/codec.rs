@@ -73,9 +73,18 @@ const COMP_ZERO: u8 = 2;
 
 /// Encode a manifest (magic, version, zstd-compressed body) in the version
 /// its header names.
+///
+/// # Panics
+/// If a [`HashCoverage::StoredOnly`] manifest names a version before 4,
+/// which would have to record hashes this manifest does not hold.
 pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
     let mut b = Vec::with_capacity(1024);
     let h = &m.header;
+    assert!(
+        h.format_version >= 4 || m.hashes == HashCoverage::All,
+        "a manifest holding only its stored blocks' hashes cannot be encoded in version {}",
+        h.format_version
+    );
     b.extend_from_slice(h.backup_id.as_bytes());
     b.extend_from_slice(h.instance_id.as_bytes());
     match &h.parent {
@@ -125,8 +134,10 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
                 put_var(&mut b, f.inode);
                 put_time(&mut b, f.ctime);
                 b.extend_from_slice(&f.blake3);
-                for bh in &f.block_hashes {
-                    b.extend_from_slice(bh);
+                if h.format_version < 4 {
+                    for bh in &f.block_hashes {
+                        b.extend_from_slice(bh);
+                    }
                 }
                 if h.format_version >= 2 {
                     match &f.base {
@@ -160,6 +171,23 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
                             if h.format_version >= 3 && r.compression != Compression::Zero {
                                 put_var(&mut b, r.frame_offset);
                                 put_var(&mut b, r.frame_len);
+                            }
+                        }
+                    }
+                }
+                if h.format_version >= 4 {
+                    // Only the stored blocks' hashes; the rest are the parent's.
+                    match m.hashes {
+                        HashCoverage::StoredOnly => f.block_hashes.iter().for_each(|bh| b.extend_from_slice(bh)),
+                        HashCoverage::All => {
+                            // One hash per stored block, as the decoder
+                            // reads them; a crafted manifest (tests encode
+                            // them) may have runs past its hashes: zeros.
+                            for r in f.runs() {
+                                for i in r.first_block..r.end_block() {
+                                    let bh = usize::try_from(i).ok().and_then(|i| f.block_hashes.get(i));
+                                    b.extend_from_slice(bh.unwrap_or(&[0; 16]));
+                                }
                             }
                         }
                     }
@@ -295,9 +323,11 @@ fn parse_body<R: Read>(r: &mut Reader<R>, version: u32) -> Result<Manifest, Delt
         r.charge(size_of::<Entry>() + path.len() + extra, "entries")?;
         entries.push(Entry { path, kind, mode, mtime, uid, gid });
     }
+    let hashes = if version >= 4 && parent.is_some() { HashCoverage::StoredOnly } else { HashCoverage::All };
     Ok(Manifest {
         header: Header { format_version: version, backup_id, instance_id, parent, block_size, block_hashes, packs },
         entries,
+        hashes,
     })
 }
 
@@ -311,14 +341,14 @@ fn parse_file<R: Read>(r: &mut Reader<R>, version: u32, block_size: u32, path: &
     let mut blake3 = [0u8; 32];
     r.exact(&mut blake3, "file checksum")?;
     let nblocks = block_count(size, block_size);
-    // Grow with the data actually present, never by the claimed size.
-    let mut block_hashes = Vec::with_capacity(nblocks.min(1 << 16) as usize);
-    let what = format!("block hashes of {path:?} ({nblocks} blocks for {size} bytes)");
-    for _ in 0..nblocks {
-        r.charge(size_of::<BlockHash>(), &what)?;
-        let mut h = [0u8; 16];
-        r.exact(&mut h, &what)?;
-        block_hashes.push(h);
+    let mut block_hashes = Vec::new();
+    if version < 4 {
+        read_hashes(
+            r,
+            &mut block_hashes,
+            nblocks,
+            &format!("block hashes of {path:?} ({nblocks} blocks for {size} bytes)"),
+        )?;
     }
     let base = match version {
         1 => None,
@@ -384,7 +414,34 @@ fn parse_file<R: Read>(r: &mut Reader<R>, version: u32, block_size: u32, path: &
         }
         t => return Err(DeltaError::corrupt(format!("{path:?}: unknown content tag {t}"))),
     };
+    if version >= 4 {
+        // Geometry is checked by `validate`; here only the count matters,
+        // and it is bounded by the data actually present.
+        let stored = content_blocks(&content);
+        read_hashes(r, &mut block_hashes, stored, &format!("block hashes of {path:?} ({stored} stored blocks)"))?;
+    }
     Ok(FileEntry { size, inode, ctime, blake3, block_hashes, base, content })
+}
+
+/// Blocks a file's runs cover (saturating: a hostile count fails reading).
+fn content_blocks(content: &FileContent) -> u64 {
+    match content {
+        FileContent::Unchanged => 0,
+        FileContent::Stored(runs) => runs.iter().fold(0u64, |n, r| n.saturating_add(r.count)),
+    }
+}
+
+/// Reads `count` block hashes, growing with the data actually present,
+/// never by the claimed count.
+fn read_hashes<R: Read>(r: &mut Reader<R>, out: &mut Vec<BlockHash>, count: u64, what: &str) -> Result<(), DeltaError> {
+    out.reserve(count.min(1 << 16) as usize);
+    for _ in 0..count {
+        r.charge(size_of::<BlockHash>(), what)?;
+        let mut h = [0u8; 16];
+        r.exact(&mut h, what)?;
+        out.push(h);
+    }
+    Ok(())
 }
 
 /// Check every invariant the rest of the crate relies on.
@@ -394,6 +451,13 @@ pub fn validate(m: &Manifest) -> Result<(), DeltaError> {
     check_version(h.format_version)?;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) || !h.block_size.is_power_of_two() {
         return bad(format!("block size {} out of range", h.block_size));
+    }
+    if m.hashes == HashCoverage::StoredOnly && (h.format_version < 4 || h.parent.is_none()) {
+        return bad(format!(
+            "only stored blocks' hashes in a version {} {} backup",
+            h.format_version,
+            if h.parent.is_some() { "incremental" } else { "full" }
+        ));
     }
     if h.format_version < 3 && h.block_hashes != BlockHashKind::Standalone {
         return bad(format!("file-tree block hashes in a version {} manifest", h.format_version));
@@ -487,8 +551,17 @@ fn validate_file(m: &Manifest, path: &str, f: &FileEntry, bs: u64) -> Result<(),
         return bad("ctime nanoseconds out of range".into());
     }
     let nblocks = block_count(f.size, h.block_size);
-    if f.block_hashes.len() as u64 != nblocks {
-        return bad(format!("{} block hashes for {} blocks", f.block_hashes.len(), nblocks));
+    let expect_hashes = match m.hashes {
+        HashCoverage::All => nblocks,
+        HashCoverage::StoredOnly => content_blocks(&f.content),
+    };
+    if f.block_hashes.len() as u64 != expect_hashes {
+        return bad(format!(
+            "{} block hashes for {} blocks{}",
+            f.block_hashes.len(),
+            expect_hashes,
+            if m.hashes == HashCoverage::All { "" } else { " stored" }
+        ));
     }
     if let Some(base) = &f.base {
         // Only a key into the parent's manifest, never a filesystem path;

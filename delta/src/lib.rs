@@ -11,9 +11,10 @@
 //!   PostgreSQL 17 incremental backup do the same). Files modified within a
 //!   second of being read get their ctime recorded as `{0,0}` so the next
 //!   backup cannot mistake a same-tick modification for "unchanged".
-//! - **The manifest carries every block hash**, so an incremental backup
-//!   compares blocks against the parent without fetching any parent data, and
-//!   a restore verifies every block it reads and every file it writes.
+//! - **The chain's manifests carry every block hash**, each link those of
+//!   the blocks it stores, so an incremental backup compares blocks against
+//!   the parent without fetching any parent data, and a restore verifies
+//!   every block it reads and every file it writes.
 //! - **Few large packs.** Stored blocks are appended, as independently
 //!   decodable zstd frames (or raw when compression does not help), to packs
 //!   of ~64 MiB: object stores charge per request, and independent frames let
@@ -40,22 +41,23 @@ mod sync;
 mod tree_hash;
 
 pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree, block_compressor};
-pub use chain::{ChainLink, verify_chain};
+pub use chain::{ChainLink, resolve_chain, verify_chain};
 pub use codec::{
     DecodeLimits, MAX_MANIFEST_DECODED, MAX_MANIFEST_MEMORY, MAX_RUN_RAW, decode_manifest, decode_manifest_with_limits,
     encode_manifest, validate,
 };
 pub use error::DeltaError;
 pub use manifest::{
-    BlockHash, BlockHashKind, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, Header, Manifest,
-    PackRef, ParentRef, Timestamp, block_count, block_hash, checksum,
+    BlockHash, BlockHashKind, BlockRun, Compression, Entry, EntryKind, FileContent, FileEntry, HashCoverage, Header,
+    Manifest, PackRef, ParentRef, Timestamp, block_count, block_hash, checksum,
 };
 pub use restore::{PackSource, RestoreStats, decode_run, restore_chain};
 
 /// Version of the manifest encoding written (and of the pack layout it
 /// implies). Version 2 added a file's rename base ([`FileEntry::base`]);
-/// version 3 the chain's [`BlockHashKind`].
-pub const FORMAT_VERSION: u32 = 3;
+/// version 3 the chain's [`BlockHashKind`]; version 4 records only the
+/// stored blocks' hashes ([`HashCoverage`]).
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest version still read: chains begun before an upgrade restore,
 /// and take children of the current version.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;

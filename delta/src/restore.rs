@@ -40,7 +40,7 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use rustix::fs::{AtFlags, Gid, Mode, Timespec, Timestamps, Uid};
 use uuid::Uuid;
 
-use crate::chain::{ChainLink, verify_chain};
+use crate::chain::{ChainLink, resolve_chain, verify_chain};
 use crate::codec::validate;
 use crate::error::DeltaError;
 use crate::manifest::*;
@@ -78,8 +78,10 @@ struct Piece {
 /// Restore `links` (root first) into the empty directory `target`.
 ///
 /// Every link is validated (a [`ChainLink`] may have been built by hand),
-/// the chain is verified, then the tree is written through a directory
-/// handle on `target` that cannot reach anything outside it.
+/// the chain is verified, links decoded with only their stored blocks'
+/// hashes are completed (on a copy: [`resolve_chain`] them first to spare
+/// it), then the tree is written through a directory handle on `target`
+/// that cannot reach anything outside it.
 pub fn restore_chain(
     links: &[ChainLink],
     packs: &dyn PackSource,
@@ -90,6 +92,15 @@ pub fn restore_chain(
         validate(&link.manifest)?;
     }
     verify_chain(links)?;
+    let resolved;
+    let links = if links.iter().all(|l| l.manifest.hashes == HashCoverage::All) {
+        links
+    } else {
+        let mut copy = links.to_vec();
+        resolve_chain(&mut copy)?;
+        resolved = copy;
+        &resolved[..]
+    };
     check_target(target)?;
     apply(links, packs, target, on_step)
 }
@@ -820,6 +831,7 @@ mod tests {
                 packs: vec![],
             },
             entries: all,
+            hashes: HashCoverage::All,
         };
         assert!(validate(&manifest).is_err(), "validation alone would refuse this manifest");
         let link = ChainLink { manifest, checksum: String::new() };

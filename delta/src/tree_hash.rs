@@ -199,6 +199,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
             }],
+            hashes: crate::manifest::HashCoverage::All,
         };
         for keep in [true, false] {
             let mut values = BlockValues::new(BlockHashKind::FileTree, keep);

@@ -10,8 +10,16 @@ use cairn_delta::*;
 use common::*;
 use rand::Rng;
 
-/// A manifest with every entry kind, compression and an incremental parent.
+/// A manifest with every entry kind, compression and an incremental parent,
+/// as decoded from its bytes (only its stored blocks' hashes), and the bytes.
 fn sample() -> (Manifest, Vec<u8>) {
+    let (_, _, bytes) = sample_chain();
+    (decode_manifest(&bytes).unwrap(), bytes)
+}
+
+/// The parent and the incremental manifest as built (every block's hash),
+/// and the incremental's bytes.
+fn sample_chain() -> (Manifest, Manifest, Vec<u8>) {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     let mut r = rng(11);
@@ -26,7 +34,7 @@ fn sample() -> (Manifest, Vec<u8>) {
     chain.backup(s);
     write(&s.join("dir/new"), b"new file");
     let out = chain.backup(s).clone();
-    (out.manifest, out.manifest_bytes)
+    (chain.links[0].manifest.clone(), out.manifest, out.manifest_bytes)
 }
 
 fn body(bytes: &[u8]) -> Vec<u8> {
@@ -41,9 +49,14 @@ fn rebuild(prefix: &[u8], body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn encode_decode_round_trip() {
-    let (m, bytes) = sample();
-    assert_eq!(decode_manifest(&bytes).unwrap(), m);
+    let (parent, m, bytes) = sample_chain();
+    let mut decoded = decode_manifest(&bytes).unwrap();
+    assert_eq!(decoded.hashes, HashCoverage::StoredOnly);
+    assert_eq!(encode_manifest(&decoded), bytes, "a decoded incremental encodes back to its bytes");
     assert_eq!(encode_manifest(&m), bytes, "encoding is deterministic");
+    decoded.inherit_hashes(&parent).unwrap();
+    assert_eq!(decoded, m);
+    assert_eq!(decode_manifest(&encode_manifest(&parent)).unwrap(), parent, "a full backup decodes whole");
     let kinds: Vec<_> = m
         .entries
         .iter()

@@ -155,8 +155,14 @@ impl Chain {
         let last = calls.last().expect("progress reported");
         assert_eq!(last.done_bytes, last.total_bytes, "progress ends at total");
         assert_eq!(out.checksum, checksum(&out.manifest_bytes));
-        // What gets stored decodes back to what was built.
-        let link = ChainLink::from_bytes_checked(&out.manifest_bytes, &out.checksum).unwrap();
+        // What gets stored decodes back to what was built: an incremental
+        // once its parent has given it the hashes of the blocks it does
+        // not store.
+        let mut link = ChainLink::from_bytes_checked(&out.manifest_bytes, &out.checksum).unwrap();
+        if let Some(parent) = self.links.last() {
+            assert_eq!(link.manifest.hashes, HashCoverage::StoredOnly);
+            link.manifest.inherit_hashes(&parent.manifest).unwrap();
+        }
         assert_eq!(link.manifest, out.manifest);
         self.packs.dirs.insert(id, staging);
         self.links.push(link);

@@ -43,8 +43,9 @@ pub struct BackupRequest {
     pub attempt: i32,
     /// The instance's data: for `volume`, its directory.
     pub source: PathBuf,
-    /// The parent for an incremental backup.
-    pub parent: Option<StoredLink>,
+    /// For an incremental backup, its parent's chain: root first, the
+    /// parent last (empty for a full backup).
+    pub parent_chain: Vec<StoredLink>,
 }
 
 /// One chain to restore.

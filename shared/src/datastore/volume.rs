@@ -63,6 +63,18 @@ impl VolumeDatastore {
             .with_context(|| format!("link {position} (backup {}): manifest {key} cannot be read", link.backup_id))?;
         Ok(ChainLink { manifest, checksum: link.checksum.clone() })
     }
+
+    /// Fetches a chain's manifests (root first), checks the chain and
+    /// completes each link's block hashes from the links before it.
+    async fn load_chain(&self, chain: &[StoredLink]) -> anyhow::Result<Vec<ChainLink>> {
+        let mut links = Vec::with_capacity(chain.len());
+        for (i, link) in chain.iter().enumerate() {
+            links.push(self.load_link(i + 1, link).await?);
+        }
+        tokio::task::spawn_blocking(move || cairn_delta::resolve_chain(&mut links).map(|()| links))
+            .await?
+            .map_err(permanent)
+    }
 }
 
 #[async_trait]
@@ -77,9 +89,9 @@ impl Datastore for VolumeDatastore {
 
     async fn backup(&self, req: BackupRequest, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact> {
         let started = Instant::now();
-        let parent: Option<ChainLink> = match &req.parent {
-            Some(link) => Some(self.load_link(1, link).await.context("cannot read the parent backup")?),
-            None => None,
+        let parent: Option<ChainLink> = match req.parent_chain.is_empty() {
+            true => None,
+            false => self.load_chain(&req.parent_chain).await.context("cannot read the parent backup")?.pop(),
         };
         let tree_started = Instant::now();
         // Every claim numbers a new attempt, so only earlier attempts can
@@ -135,10 +147,7 @@ impl Datastore for VolumeDatastore {
 
     async fn restore(&self, req: RestoreRequest, progress: Arc<JobProgress>) -> anyhow::Result<u32> {
         let started = Instant::now();
-        let mut links = Vec::with_capacity(req.chain.len());
-        for (i, link) in req.chain.iter().enumerate() {
-            links.push(self.load_link(i + 1, link).await?);
-        }
+        let links = self.load_chain(&req.chain).await?;
         let steps = links.len() as u32;
         // Restore beside the target, then rename: a crash never leaves a
         // half-written target, and a retry starts from a clean directory.

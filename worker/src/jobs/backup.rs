@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_shared::{
-    datastore::{BackupRequest, JobProgress, StoredLink},
+    datastore::{BackupRequest, JobProgress},
     entities::backup,
     failure::permanent,
     lifecycle::{self, BackupClaim, ClaimedBackup, CompletedArtifact, Leased},
@@ -156,23 +156,18 @@ async fn take(
     let source = cairn_shared::volume::check_registered(&ctx.config.volume_roots, &inst.volume_path).map_err(|e| {
         permanent(anyhow::Error::from(e).context(format!("instance {}'s volume cannot be read", row.instance_id)))
     })?;
-    let parent = match row.parent_id {
+    // The parent's whole chain: the parent's manifest holds only the
+    // hashes of the blocks it stored, the links before it the rest.
+    let parent_chain = match row.parent_id {
         Some(pid) => {
-            let p = claimed
-                .parent
-                .as_ref()
-                .ok_or_else(|| permanent(anyhow::anyhow!("parent backup {pid} no longer exists")))?;
-            Some(StoredLink {
-                backup_id: p.id,
-                checksum: p.checksum.clone().with_context(|| format!("parent backup {pid} has no checksum"))?,
-                artifact_prefix: p
-                    .artifact_prefix
-                    .clone()
-                    .with_context(|| format!("parent backup {pid} has no artifact"))?,
-            })
+            if claimed.parent.is_none() {
+                return Err(permanent(anyhow::anyhow!("parent backup {pid} no longer exists")));
+            }
+            super::chain::stored_chain(ctx, pid).await.context("the parent's chain cannot be read")?
         }
-        None => None,
+        None => Vec::new(),
     };
-    let req = BackupRequest { backup_id: row.id, instance_id: row.instance_id, attempt: row.attempts, source, parent };
+    let req =
+        BackupRequest { backup_id: row.id, instance_id: row.instance_id, attempt: row.attempts, source, parent_chain };
     datastore.backup(req, progress).await
 }

@@ -10,6 +10,7 @@
 //! unreachable before the claim): the consumer requeues the message.
 
 mod backup;
+mod chain;
 mod delete;
 mod restore;
 mod verify;

@@ -4,11 +4,10 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use cairn_shared::{
-    datastore::{JobProgress, RestoreRequest, StoredLink},
+    datastore::{JobProgress, RestoreRequest},
     entities::instance,
     failure::permanent,
     lifecycle::{self, Leased},
-    status::BackupStatus,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -79,38 +78,7 @@ pub async fn run(ctx: &JobContext, id: Uuid, receipt: &Receipt, stop: &Cancellat
 
 async fn apply(ctx: &JobContext, inst: &instance::Model, progress: Arc<JobProgress>) -> anyhow::Result<u32> {
     let backup_id = inst.restore_backup_id.context("instance was not created from a backup").map_err(permanent)?;
-    let chain = lifecycle::chain_of(&ctx.db, backup_id).await?;
-    if chain.last().map(|b| b.id) != Some(backup_id) {
-        return Err(permanent(anyhow::anyhow!("backup {backup_id} no longer exists")));
-    }
-    if let Some(root) = chain.first()
-        && let Some(missing) = root.parent_id
-    {
-        return Err(permanent(anyhow::anyhow!(
-            "link 1 of the chain is missing: backup {missing} (parent of {}) no longer exists",
-            root.id
-        )));
-    }
-    let mut links = Vec::with_capacity(chain.len());
-    for (i, b) in chain.iter().enumerate() {
-        let link = || -> anyhow::Result<StoredLink> {
-            if b.status != BackupStatus::Completed.as_str() {
-                anyhow::bail!("link {} of the chain (backup {}) is {}", i + 1, b.id, b.status);
-            }
-            Ok(StoredLink {
-                backup_id: b.id,
-                checksum: b
-                    .checksum
-                    .clone()
-                    .with_context(|| format!("link {} (backup {}) has no checksum", i + 1, b.id))?,
-                artifact_prefix: b
-                    .artifact_prefix
-                    .clone()
-                    .with_context(|| format!("link {} (backup {}) has no artifact", i + 1, b.id))?,
-            })
-        };
-        links.push(link().map_err(permanent)?);
-    }
+    let links = super::chain::stored_chain(ctx, backup_id).await?;
     let datastore = ctx.datastores.get(&inst.datastore_type).ok_or_else(|| {
         permanent(anyhow::anyhow!("datastore type {:?} is not served by this worker", inst.datastore_type))
     })?;

@@ -86,6 +86,54 @@ async fn a_chain_at_another_block_size_restores_exactly() {
     }
 }
 
+/// A stored incremental records only the hashes of the blocks it stores, so
+/// a worker completes its parent's manifest from the whole chain. A file
+/// that link 2 left alone and link 3 changes in one block costs link 3 that
+/// block, compared with hashes only link 1 recorded, and the chain
+/// restores exactly.
+#[tokio::test]
+async fn an_incremental_compares_with_hashes_recorded_before_its_parent() {
+    use rand::{Rng, SeedableRng};
+    let app = spawn_app(1).await;
+    let source = app.volumes().join("guest1");
+    std::fs::create_dir_all(&source).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut big = vec![0u8; 2 << 20];
+    rng.fill(&mut big[..]);
+    std::fs::write(source.join("big"), &big).unwrap();
+    std::fs::write(source.join("small"), b"one").unwrap();
+    let guest1 = app.register("guest1", &source).await;
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    settle();
+    let full = app.backup_completed(&guest1, "full", None).await;
+    settle();
+    std::fs::write(source.join("small"), b"two").unwrap();
+    let second = app.backup_completed(&guest1, "small changed", full["id"].as_str()).await;
+    rng.fill(&mut big[1 << 20..(1 << 20) + 4096]);
+    std::fs::write(source.join("big"), &big).unwrap();
+    let third = app.backup_completed(&guest1, "one block of big", second["id"].as_str()).await;
+    let state = snapshot(&source);
+
+    let manifest_of = |b: &Value| {
+        let location = b["locationRef"].as_str().unwrap();
+        cairn_delta::decode_manifest(&std::fs::read(location.strip_prefix("file://").unwrap()).unwrap()).unwrap()
+    };
+    let big_of = |m: &cairn_delta::Manifest| match &m.find("big").unwrap().kind {
+        cairn_delta::EntryKind::File(f) => f.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(big_of(&manifest_of(&second)).content, cairn_delta::FileContent::Unchanged);
+    let stored = big_of(&manifest_of(&third));
+    assert_eq!(stored.runs().iter().map(|r| r.count).sum::<u64>(), 1, "one block of big stored");
+    assert_eq!(stored.block_hashes.len(), 1, "and only its hash recorded");
+    assert!(third["bytes"].as_i64().is_some_and(|b| b < 64 << 10), "{third}");
+
+    let inst = app.restore("guest2", third["id"].as_str().unwrap()).await;
+    assert_eq!(inst["status"], "ACTIVE", "{inst}");
+    assert_same_tree(&state, std::path::Path::new(inst["volume"]["path"].as_str().unwrap()));
+}
+
 /// The guide's flow: backup1.2 is posted right after backup1.1, naming it as
 /// parent while it is still NEW; it waits for its parent rather than failing.
 #[tokio::test]
