@@ -8,7 +8,7 @@
 //! same numbering as restore's "step k of N".
 
 use crate::error::DeltaError;
-use crate::manifest::{HashCoverage, Manifest, checksum};
+use crate::manifest::{Manifest, checksum};
 
 /// A decoded manifest together with the checksum of its stored bytes.
 #[derive(Debug, Clone)]
@@ -42,18 +42,33 @@ pub fn resolve_chain(links: &mut [ChainLink]) -> Result<(), DeltaError> {
     verify_chain(links)?;
     for k in 1..links.len() {
         let (done, rest) = links.split_at_mut(k);
-        let link = &mut rest[0].manifest;
-        if link.hashes == HashCoverage::All {
-            continue;
-        }
-        let backup_id = link.header.backup_id;
-        link.inherit_hashes(&done[k - 1].manifest).map_err(|e| DeltaError::Chain {
-            position: k + 1,
-            backup_id,
-            reason: e.to_string(),
-        })?;
+        inherit(k, &mut rest[0], &done[k - 1])?;
     }
     Ok(())
+}
+
+/// The last of `links` (root first), verified and completed as
+/// [`resolve_chain`] does, holding at most two complete manifests at a
+/// time: what an incremental backup needs of its parent's chain.
+pub fn resolve_last(links: Vec<ChainLink>) -> Result<ChainLink, DeltaError> {
+    verify_chain(&links)?;
+    let mut links = links.into_iter().enumerate();
+    let (_, mut done) = links.next().ok_or(DeltaError::EmptyChain)?;
+    for (k, mut link) in links {
+        inherit(k, &mut link, &done)?;
+        done = link;
+    }
+    Ok(done)
+}
+
+/// Completes link `k` (0-based) from the complete link before it.
+fn inherit(k: usize, link: &mut ChainLink, before: &ChainLink) -> Result<(), DeltaError> {
+    let backup_id = link.manifest.header.backup_id;
+    link.manifest.inherit_hashes(&before.manifest).map_err(|e| DeltaError::Chain {
+        position: k + 1,
+        backup_id,
+        reason: e.to_string(),
+    })
 }
 
 /// Check that `links` (root first) form one unbroken chain of one instance.

@@ -41,7 +41,7 @@ mod sync;
 mod tree_hash;
 
 pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree, block_compressor};
-pub use chain::{ChainLink, resolve_chain, verify_chain};
+pub use chain::{ChainLink, resolve_chain, resolve_last, verify_chain};
 pub use codec::{
     DecodeLimits, MAX_MANIFEST_DECODED, MAX_MANIFEST_MEMORY, MAX_RUN_RAW, decode_manifest, decode_manifest_with_limits,
     encode_manifest, validate,

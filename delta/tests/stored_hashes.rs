@@ -93,14 +93,20 @@ fn hashes_come_only_from_the_parent_a_link_names() {
     for (link, out) in links.iter().zip(&chain.outputs) {
         assert_eq!(link.manifest, out.manifest);
     }
-    // A chain with a link missing is refused by the chain's check, naming it.
-    let mut gap = vec![raw(0), raw(2)];
-    match resolve_chain(&mut gap).unwrap_err() {
-        DeltaError::Chain { position: 2, backup_id, reason } => {
-            assert_eq!(backup_id, chain.outputs[2].manifest.header.backup_id);
-            assert!(reason.contains("missing link or wrong order"), "{reason}");
+    // What a backup takes of its parent's chain: the last link, the same.
+    assert_eq!(resolve_last((0..3).map(raw).collect()).unwrap().manifest, chain.outputs[2].manifest);
+    // A chain with a link missing is refused by the chain's check, naming
+    // it, whichever way it is resolved.
+    let gap_errors =
+        [resolve_chain(&mut [raw(0), raw(2)]).unwrap_err(), resolve_last(vec![raw(0), raw(2)]).unwrap_err()];
+    for err in gap_errors {
+        match err {
+            DeltaError::Chain { position: 2, backup_id, reason } => {
+                assert_eq!(backup_id, chain.outputs[2].manifest.header.backup_id);
+                assert!(reason.contains("missing link or wrong order"), "{reason}");
+            }
+            other => panic!("{other}"),
         }
-        other => panic!("{other}"),
     }
 }
 

@@ -309,8 +309,9 @@ impl Cairn {
         Ok(Cairn { svc, instance })
     }
 
-    /// A backup (full without parent) through HTTP: (seconds, stored bytes, id).
-    async fn backup(&self, name: &str, parent: Option<&str>) -> anyhow::Result<(f64, u64, String)> {
+    /// A backup (full without parent) through HTTP: (seconds, stored bytes,
+    /// id, bytes of its manifest, which the stored bytes include).
+    async fn backup(&self, name: &str, parent: Option<&str>) -> anyhow::Result<(f64, u64, String, u64)> {
         sync()?;
         let t = Instant::now();
         let id = self.svc.submit_backup(&self.instance, name, parent).await?;
@@ -320,7 +321,31 @@ impl Cairn {
         if b["status"] != "COMPLETED" {
             bail!("cairn backup {name} ended {}: {}", b["status"], b["fail_reason"]);
         }
-        Ok((s, b["bytes"].as_u64().context("bytes")?, id))
+        let manifest = b["locationRef"].as_str().and_then(|l| l.strip_prefix("file://")).context("locationRef")?;
+        let manifest_bytes = std::fs::metadata(manifest).with_context(|| format!("manifest {manifest}"))?.len();
+        Ok((s, b["bytes"].as_u64().context("bytes")?, id, manifest_bytes))
+    }
+
+    /// Bytes `backup`'s manifest would take in format 3, which repeated
+    /// every block's hash in every link: its chain's manifests, found
+    /// through the API, resolved and re-encoded.
+    async fn format_3_manifest_bytes(&self, backup: &str) -> anyhow::Result<u64> {
+        let mut paths = Vec::new();
+        let mut next = Some(backup.to_owned());
+        while let Some(id) = next {
+            let b = self.svc.wait_backup(&id, Duration::from_millis(10)).await?;
+            let location = b["locationRef"].as_str().and_then(|l| l.strip_prefix("file://")).context("locationRef")?;
+            paths.push(PathBuf::from(location));
+            next = b["parent_id"].as_str().map(str::to_owned);
+        }
+        let mut links = Vec::with_capacity(paths.len());
+        for path in paths.iter().rev() {
+            links.push(cairn_delta::ChainLink::from_bytes(&std::fs::read(path)?)?);
+        }
+        cairn_delta::resolve_chain(&mut links)?;
+        let mut last = links.pop().context("empty chain")?.manifest;
+        last.header.format_version = 3;
+        Ok(cairn_delta::encode_manifest(&last).len() as u64)
     }
 
     /// A restore of `backup` into a new instance, until ACTIVE: seconds.
@@ -353,7 +378,7 @@ fn ratio(f: &mut Figures, name: &str, a: f64, b: f64) {
 async fn full_round(ds: &str, cairn: &Cairn, peers: &Peers, f: &mut Figures) -> anyhow::Result<String> {
     // warm the page cache for everyone
     run(Command::new("sh").args(["-c", &format!("tar -C {} -cf - . > /dev/null", peers.src.display())]))?;
-    let (cs, cb, id) = cairn.backup("full", None).await?;
+    let (cs, cb, id, cm) = cairn.backup("full", None).await?;
     let (ts, tb) = peers.tar_full()?;
     let (rs, rb) = peers.restic_backup()?;
     let (bs, bb) = peers.borg_backup("r0")?;
@@ -362,6 +387,7 @@ async fn full_round(ds: &str, cairn: &Cairn, peers: &Peers, f: &mut Figures) -> 
     f.put(format!("{ds} full: restic s"), rs);
     f.put(format!("{ds} full: borg s"), bs);
     f.put(format!("{ds} full: cairn MiB"), mib(cb));
+    f.put(format!("{ds} full: cairn's manifest MiB"), mib(cm));
     f.put(format!("{ds} full: tar|zstd MiB"), mib(tb));
     f.put(format!("{ds} full: restic MiB"), mib(rb));
     f.put(format!("{ds} full: borg MiB"), mib(bb));
@@ -378,13 +404,15 @@ async fn incremental_round(
     peers: &Peers,
     f: &mut Figures,
 ) -> anyhow::Result<String> {
-    let (cs, cb, id) = cairn.backup(&format!("incr-{k}"), Some(parent)).await?;
+    let (cs, cb, id, cm) = cairn.backup(&format!("incr-{k}"), Some(parent)).await?;
     let (rs, rb) = peers.restic_backup()?;
     let (bs, bb) = peers.borg_backup(&format!("r{k}"))?;
     f.put(format!("{ds} incr {k}: cairn s"), cs);
     f.put(format!("{ds} incr {k}: restic s"), rs);
     f.put(format!("{ds} incr {k}: borg s"), bs);
     f.put(format!("{ds} incr {k}: cairn MiB"), mib(cb));
+    f.put(format!("{ds} incr {k}: cairn's manifest MiB"), mib(cm));
+    f.put(format!("{ds} incr {k}: cairn's manifest in format 3 MiB"), mib(cairn.format_3_manifest_bytes(&id).await?));
     f.put(format!("{ds} incr {k}: restic MiB"), mib(rb));
     f.put(format!("{ds} incr {k}: borg MiB"), mib(bb));
     ratio(f, &format!("{ds} incr {k} time: cairn / restic"), cs, rs);
@@ -606,7 +634,7 @@ async fn random_data_set(args: &Args, f: &mut Figures) -> anyhow::Result<()> {
         last = cairn.backup(&format!("incr-{k}"), Some(&last)).await?.2;
     }
     let chain_s = cairn.restore("chain-restore", &last).await?;
-    let (_, _, full) = cairn.backup("full-of-final", None).await?;
+    let (_, _, full, _) = cairn.backup("full-of-final", None).await?;
     let one_s = cairn.restore("one-link-restore", &full).await?;
     f.put(format!("random restore: {}-link chain s", args.chain), chain_s);
     f.put("random restore: 1-link full of the same data s", one_s);

@@ -64,16 +64,29 @@ impl VolumeDatastore {
         Ok(ChainLink { manifest, checksum: link.checksum.clone() })
     }
 
-    /// Fetches a chain's manifests (root first), checks the chain and
-    /// completes each link's block hashes from the links before it.
-    async fn load_chain(&self, chain: &[StoredLink]) -> anyhow::Result<Vec<ChainLink>> {
+    /// Fetches a chain's manifests (root first), as decoded: each holds
+    /// only the hashes of the blocks its backup stored.
+    async fn fetch_chain(&self, chain: &[StoredLink]) -> anyhow::Result<Vec<ChainLink>> {
         let mut links = Vec::with_capacity(chain.len());
         for (i, link) in chain.iter().enumerate() {
             links.push(self.load_link(i + 1, link).await?);
         }
+        Ok(links)
+    }
+
+    /// A restore's chain, checked, every link's block hashes completed.
+    async fn load_chain(&self, chain: &[StoredLink]) -> anyhow::Result<Vec<ChainLink>> {
+        let mut links = self.fetch_chain(chain).await?;
         tokio::task::spawn_blocking(move || cairn_delta::resolve_chain(&mut links).map(|()| links))
             .await?
             .map_err(permanent)
+    }
+
+    /// An incremental's parent, completed from its chain (checked), with
+    /// no more than two complete manifests in memory at a time.
+    async fn load_parent(&self, chain: &[StoredLink]) -> anyhow::Result<ChainLink> {
+        let links = self.fetch_chain(chain).await?;
+        tokio::task::spawn_blocking(move || cairn_delta::resolve_last(links)).await?.map_err(permanent)
     }
 }
 
@@ -91,7 +104,7 @@ impl Datastore for VolumeDatastore {
         let started = Instant::now();
         let parent: Option<ChainLink> = match req.parent_chain.is_empty() {
             true => None,
-            false => self.load_chain(&req.parent_chain).await.context("cannot read the parent backup")?.pop(),
+            false => Some(self.load_parent(&req.parent_chain).await.context("cannot read the parent backup")?),
         };
         let tree_started = Instant::now();
         // Every claim numbers a new attempt, so only earlier attempts can
