@@ -244,7 +244,8 @@ impl Manifest {
     /// the blocks it does not store, taken from `parent`, the complete
     /// manifest of its parent. Refuses a parent that is not the one this
     /// manifest names, and a block that is neither stored here nor present
-    /// in the parent's file (a manifest that lies about its parent).
+    /// in the parent's file (a manifest that lies about its parent); a
+    /// refused manifest is left as it was.
     pub fn inherit_hashes(&mut self, parent: &Manifest) -> Result<(), DeltaError> {
         if self.hashes == HashCoverage::All {
             return Ok(());
@@ -258,54 +259,71 @@ impl Manifest {
                 if parent.hashes == HashCoverage::All { "" } else { ", itself incomplete" },
             )));
         }
-        let block_size = self.header.block_size;
-        for e in &mut self.entries {
-            let EntryKind::File(f) = &mut e.kind else { continue };
-            let nblocks = block_count(f.size, block_size);
-            let base = f.base_or(&e.path).to_owned();
-            let from: &[BlockHash] = parent.resolve_file(&base).map(|pf| &pf.block_hashes[..]).unwrap_or(&[]);
-            let unstored = |first: u64, end: u64| -> Result<&[BlockHash], DeltaError> {
-                if first == end {
-                    return Ok(&[]);
-                }
-                from.get(first as usize..end as usize).ok_or_else(|| {
-                    DeltaError::unsafe_entry(
-                        &e.path,
-                        format!(
-                            "blocks {}..{end} are neither stored by backup {} nor in its parent's {base:?} ({} blocks)",
-                            first.max(from.len() as u64),
-                            self.header.backup_id,
-                            from.len()
-                        ),
-                    )
-                })
-            };
-            let mut all = Vec::with_capacity(nblocks as usize);
-            match &f.content {
-                FileContent::Unchanged => {
-                    if from.len() as u64 != nblocks {
-                        return Err(DeltaError::unsafe_entry(
-                            &e.path,
-                            format!("unchanged, yet {nblocks} blocks where its parent's {base:?} has {}", from.len()),
-                        ));
-                    }
-                    all.extend_from_slice(from);
-                }
-                FileContent::Stored(runs) => {
-                    let mut stored = f.block_hashes.iter();
-                    let mut next = 0u64;
-                    for r in runs {
-                        all.extend_from_slice(unstored(next, r.first_block)?);
-                        all.extend(stored.by_ref().take(r.count as usize));
-                        next = r.end_block();
-                    }
-                    all.extend_from_slice(unstored(next, nblocks)?);
-                }
-            }
-            f.block_hashes = all;
+        // Every file's hashes are worked out before any is replaced: a
+        // refusal leaves the manifest as it was.
+        let mut completed = Vec::new();
+        for e in &self.entries {
+            let EntryKind::File(f) = &e.kind else { continue };
+            completed.push(self.file_hashes(&e.path, f, parent)?);
+        }
+        let files = self.entries.iter_mut().filter_map(|e| match &mut e.kind {
+            EntryKind::File(f) => Some(f),
+            _ => None,
+        });
+        for (f, hashes) in files.zip(completed) {
+            f.block_hashes = hashes;
         }
         self.hashes = HashCoverage::All;
         Ok(())
+    }
+
+    /// Every block hash of `f` (at `path` in this StoredOnly manifest): its
+    /// own for the blocks it stores, its parent's file's for the others.
+    fn file_hashes(&self, path: &str, f: &FileEntry, parent: &Manifest) -> Result<Vec<BlockHash>, DeltaError> {
+        let nblocks = block_count(f.size, self.header.block_size);
+        let base = f.base_or(path);
+        let from: &[BlockHash] = parent.resolve_file(base).map(|pf| &pf.block_hashes[..]).unwrap_or(&[]);
+        let unstored = |first: u64, end: u64| -> Result<&[BlockHash], DeltaError> {
+            if first == end {
+                return Ok(&[]);
+            }
+            from.get(first as usize..end as usize).ok_or_else(|| {
+                DeltaError::unsafe_entry(
+                    path,
+                    format!(
+                        "blocks {}..{end} are neither stored by backup {} nor in its parent's {base:?} ({} blocks)",
+                        first.max(from.len() as u64),
+                        self.header.backup_id,
+                        from.len()
+                    ),
+                )
+            })
+        };
+        // Never more than the hashes at hand: a crafted size must not
+        // allocate.
+        let mut all = Vec::with_capacity(nblocks.min((from.len() + f.block_hashes.len()) as u64) as usize);
+        match &f.content {
+            FileContent::Unchanged => {
+                if from.len() as u64 != nblocks {
+                    return Err(DeltaError::unsafe_entry(
+                        path,
+                        format!("unchanged, yet {nblocks} blocks where its parent's {base:?} has {}", from.len()),
+                    ));
+                }
+                all.extend_from_slice(from);
+            }
+            FileContent::Stored(runs) => {
+                let mut stored = f.block_hashes.iter();
+                let mut next = 0u64;
+                for r in runs {
+                    all.extend_from_slice(unstored(next, r.first_block)?);
+                    all.extend(stored.by_ref().take(r.count as usize));
+                    next = r.end_block();
+                }
+                all.extend_from_slice(unstored(next, nblocks)?);
+            }
+        }
+        Ok(all)
     }
 
     /// Entry at `path` (binary search; entries are sorted).

@@ -131,6 +131,9 @@ fn a_link_that_leaves_a_block_nowhere_is_refused_naming_it() {
     assert_eq!((runs[0].first_block, runs[0].end_block()), (1024, 1028));
     runs.clear();
     big.block_hashes.clear();
+    let before = crafted.clone();
+    assert!(crafted.inherit_hashes(&chain.links[1].manifest).is_err());
+    assert_eq!(crafted, before, "a refused manifest is left as it was");
     match restore_err(&crafted) {
         DeltaError::Chain { position: 3, reason, .. } => {
             assert!(reason.contains("\"big\"") && reason.contains("blocks 1024..1028 are neither stored"), "{reason}")
@@ -144,6 +147,13 @@ fn a_link_that_leaves_a_block_nowhere_is_refused_naming_it() {
     };
     assert_eq!(small.content, FileContent::Unchanged);
     small.size += BS as u64;
+    // ... nor claim a size whose hashes would not fit in memory.
+    let mut huge = crafted.clone();
+    if let EntryKind::File(f) = &mut huge.entries.iter_mut().find(|e| e.path == "small").unwrap().kind {
+        f.size = 1 << 59;
+    }
+    let err = huge.inherit_hashes(&chain.links[1].manifest).unwrap_err().to_string();
+    assert!(err.contains("unchanged, yet 140737488355328 blocks"), "{err}");
     match restore_err(&crafted) {
         DeltaError::Chain { position: 3, reason, .. } => {
             assert!(reason.contains("\"small\"") && reason.contains("unchanged, yet 4 blocks"), "{reason}")
