@@ -75,9 +75,6 @@ pub struct ClaimedBackup {
     pub row: backup::Model,
     /// Its instance, `None` if the row is gone.
     pub instance: Option<ClaimedInstance>,
-    /// Its parent's artifact, `None` for a full backup or if the parent's
-    /// row is gone.
-    pub parent: Option<ParentArtifact>,
 }
 
 /// The instance fields a backup reads.
@@ -85,14 +82,6 @@ pub struct ClaimedBackup {
 pub struct ClaimedInstance {
     pub datastore_type: String,
     pub volume_path: String,
-}
-
-/// The parent fields an incremental backup reads.
-#[derive(Debug)]
-pub struct ParentArtifact {
-    pub id: Uuid,
-    pub checksum: Option<String>,
-    pub artifact_prefix: Option<String>,
 }
 
 /// Claims backup `id` for `worker`: `NEW` → `BUILDING`, or takes over a
@@ -140,12 +129,9 @@ fn claim_sql(filter: &str) -> String {
             RETURNING b.*)
            SELECT c.*,
                   i.id AS claim_instance_id, i.datastore_type AS claim_instance_datastore_type,
-                  i.volume_path AS claim_instance_volume_path,
-                  p.id AS claim_parent_id, p.checksum AS claim_parent_checksum,
-                  p.artifact_prefix AS claim_parent_artifact_prefix
+                  i.volume_path AS claim_instance_volume_path
              FROM claimed c
-             LEFT JOIN instances i ON i.id = c.instance_id
-             LEFT JOIN backups p ON p.id = c.parent_id"#
+             LEFT JOIN instances i ON i.id = c.instance_id"#
     )
 }
 
@@ -158,15 +144,7 @@ fn claimed_from(res: &sea_orm::QueryResult) -> Result<ClaimedBackup, DbErr> {
         }),
         None => None,
     };
-    let parent = match res.try_get::<Option<Uuid>>("", "claim_parent_id")? {
-        Some(pid) => Some(ParentArtifact {
-            id: pid,
-            checksum: res.try_get("", "claim_parent_checksum")?,
-            artifact_prefix: res.try_get("", "claim_parent_artifact_prefix")?,
-        }),
-        None => None,
-    };
-    Ok(ClaimedBackup { row, instance, parent })
+    Ok(ClaimedBackup { row, instance })
 }
 
 /// Claims, in one statement, every backup of `ids` that [`claim_backup`]
