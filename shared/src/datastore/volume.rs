@@ -102,9 +102,10 @@ impl Datastore for VolumeDatastore {
 
     async fn backup(&self, req: BackupRequest, progress: Arc<JobProgress>) -> anyhow::Result<CompletedArtifact> {
         let started = Instant::now();
-        let parent: Option<ChainLink> = match req.parent_chain.is_empty() {
-            true => None,
-            false => Some(self.load_parent(&req.parent_chain).await.context("cannot read the parent backup")?),
+        let parent: Option<ChainLink> = if req.parent_chain.is_empty() {
+            None
+        } else {
+            Some(self.load_parent(&req.parent_chain).await.context("cannot read the parent backup")?)
         };
         let tree_started = Instant::now();
         // Every claim numbers a new attempt, so only earlier attempts can
