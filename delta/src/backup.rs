@@ -41,8 +41,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::DeltaError;
 use crate::manifest::*;
 use crate::sync::Syncer;
-use crate::tree_hash;
 use crate::{BackupOptions, FORMAT_VERSION, LinkIds, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Progress, codec};
+use crate::{tree_hash, wide_hash};
 
 /// Upper bound of the raw bytes in one stored run (one zstd frame).
 pub const RUN_BYTES: usize = 1 << 20;
@@ -397,6 +397,9 @@ fn prepare_chunk(
     let bs = hashing.block_size;
     // FileTree: the blocks' chaining values, merged into the chunk's.
     let mut values = Vec::new();
+    if hashing.kind == BlockHashKind::FileTree {
+        wide_hash::block_values(&data, offset, bs, &mut values);
+    }
     let mut done = ChunkDone {
         data: Vec::new(),
         digest: ChunkDigest::Root([0; 32]),
@@ -418,11 +421,7 @@ fn prepare_chunk(
         let h = match hashing.kind {
             BlockHashKind::Standalone if zero && block.len() == bs => hashing.standalone_zero,
             BlockHashKind::Standalone => block_hash(block),
-            BlockHashKind::FileTree => {
-                let value = tree_hash::subtree_value(block, offset + (i * bs) as u64);
-                values.push(value);
-                tree_hash::truncate(&value)
-            }
+            BlockHashKind::FileTree => tree_hash::truncate(&values[i]),
         };
         done.hashes.push(h);
         let from = i * bs;

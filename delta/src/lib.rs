@@ -39,6 +39,7 @@ mod manifest;
 mod restore;
 mod sync;
 mod tree_hash;
+mod wide_hash;
 
 pub use backup::{BackupOutput, BackupStats, StagedPack, backup_tree, block_compressor};
 pub use chain::{ChainLink, resolve_chain, resolve_last, verify_chain};
@@ -52,6 +53,7 @@ pub use manifest::{
     Manifest, PackRef, ParentRef, Timestamp, block_count, block_hash, checksum,
 };
 pub use restore::{PackSource, RestoreStats, decode_run, restore_chain};
+pub use wide_hash::block_values;
 
 /// Version of the manifest encoding written (and of the pack layout it
 /// implies). Version 2 added a file's rename base ([`FileEntry::base`]);
