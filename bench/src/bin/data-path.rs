@@ -255,6 +255,17 @@ impl Peers {
         Ok((s, du(&self.dir.join("restic"))? - before))
     }
 
+    /// The floor of any restore on this disk: `cp -a` of the same final
+    /// tree from the page cache, nothing to decompress, check or look up.
+    fn copy_floor(&self) -> anyhow::Result<f64> {
+        let target = self.dir.join("restore-copy");
+        reset_dir(&target)?;
+        warm(&self.src)?;
+        let s = timed(&format!("cp -a {}/. {}", self.src.display(), target.display()))?;
+        std::fs::remove_dir_all(&target)?;
+        Ok(s)
+    }
+
     fn restic_restore(&self) -> anyhow::Result<f64> {
         let target = self.dir.join("restore-restic");
         reset_dir(&target)?;
@@ -433,11 +444,15 @@ async fn restore_round(
     let ts = peers.tar_restore()?;
     let rs = peers.restic_restore()?;
     let bs = peers.borg_restore(&format!("r{rounds}"))?;
+    let floor = peers.copy_floor()?;
     f.put(format!("{ds} restore ({links}-link chain): cairn s"), cs);
     f.put(format!("{ds} restore: tar|zstd (full only) s"), ts);
     f.put(format!("{ds} restore: restic s"), rs);
     f.put(format!("{ds} restore: borg s"), bs);
+    f.put(format!("{ds} restore floor: cp -a of the same tree s"), floor);
     ratio(f, &format!("{ds} restore: cairn / restic"), cs, rs);
+    ratio(f, &format!("{ds} restore: cairn / cp -a"), cs, floor);
+    ratio(f, &format!("{ds} restore: restic / cp -a"), rs, floor);
     Ok(())
 }
 
