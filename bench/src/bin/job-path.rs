@@ -82,6 +82,11 @@ struct Args {
     /// Where the service's data directory goes.
     #[arg(long, default_value = "/var/tmp/cairn-bench/job-path")]
     work_dir: PathBuf,
+    /// Also write every burst submission as CSV (`run,started_ms,latency_ms`,
+    /// started from the burst's start) to this file, to see where the
+    /// submit latency's tail falls.
+    #[arg(long)]
+    latencies: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -442,21 +447,29 @@ async fn burst(
     let t0 = Instant::now();
     let client = svc.client.clone();
     let base = svc.base.clone();
-    let latencies: Vec<anyhow::Result<f64>> = futures::stream::iter(0..args.burst)
+    let latencies: Vec<anyhow::Result<(f64, f64)>> = futures::stream::iter(0..args.burst)
         .map(|i| {
             let (client, base) = (client.clone(), base.clone());
             let instance = instances[i % instances.len()].clone();
             async move {
                 let t = Instant::now();
                 submit_backup(&client, &base, &instance, &format!("burst-{run}-{i}"), None).await?;
-                Ok(t.elapsed().as_secs_f64() * 1e3)
+                Ok(((t - t0).as_secs_f64() * 1e3, t.elapsed().as_secs_f64() * 1e3))
             }
         })
         .buffer_unordered(args.clients)
         .collect()
         .await;
     let submit_secs = t0.elapsed().as_secs_f64();
-    let latencies = latencies.into_iter().collect::<anyhow::Result<Vec<f64>>>()?;
+    let timed = latencies.into_iter().collect::<anyhow::Result<Vec<(f64, f64)>>>()?;
+    if let Some(path) = &args.latencies {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        for (started, latency) in &timed {
+            writeln!(out, "{run},{started:.3},{latency:.3}")?;
+        }
+    }
+    let latencies: Vec<f64> = timed.into_iter().map(|(_, latency)| latency).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let n = svc
