@@ -61,8 +61,15 @@ pub struct RestoreStats {
     pub files: u64,
     pub bytes_written: u64,
     pub blocks_written: u64,
+    /// Time spent checking the chain (every manifest validated, each link
+    /// against its parent), resolving its blocks and creating the tree
+    /// (entries, file sizes), before any content is written.
+    pub plan_time: std::time::Duration,
     /// Time spent writing content (fetch, decode, check, write).
     pub write_time: std::time::Duration,
+    /// Time spent checking every file against the last manifest and
+    /// setting metadata, after the content is written.
+    pub verify_time: std::time::Duration,
     /// Time spent waiting for the tree to be on disk at the end.
     pub sync_time: std::time::Duration,
 }
@@ -88,6 +95,7 @@ pub fn restore_chain(
     target: &Path,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<RestoreStats, DeltaError> {
+    let started = std::time::Instant::now();
     for link in links {
         validate(&link.manifest)?;
     }
@@ -102,7 +110,7 @@ pub fn restore_chain(
         &resolved[..]
     };
     check_target(target)?;
-    apply(links, packs, target, on_step)
+    apply(links, packs, target, on_step, started)
 }
 
 /// The restore proper, on links already validated and verified.
@@ -111,6 +119,7 @@ fn apply(
     packs: &dyn PackSource,
     target: &Path,
     on_step: &mut dyn FnMut(usize, usize),
+    started: std::time::Instant,
 ) -> Result<RestoreStats, DeltaError> {
     let n = links.len();
     let last = &links[n - 1].manifest;
@@ -186,6 +195,7 @@ fn apply(
     // lot of writes are synced in the background as they go, so the disk
     // writes while the next runs are decoded (see `sync`).
     let syncer = Syncer::new();
+    stats.plan_time = started.elapsed();
     let writing = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, MAX_THREADS);
     let mut writers = Vec::with_capacity(threads);
@@ -240,6 +250,7 @@ fn apply(
         }
     }
     stats.write_time = writing.elapsed();
+    let verifying = std::time::Instant::now();
     let mut values = zero_values;
     for w in writers {
         let (s, v) = w.finish()?;
@@ -283,6 +294,7 @@ fn apply(
     // the background, everything else (small files, directories, metadata)
     // with one `syncfs` of the target's filesystem rather than an fsync per
     // entry.
+    stats.verify_time = verifying.elapsed();
     let syncing = std::time::Instant::now();
     syncer.finish()?;
     // (The tree's handles are `O_PATH`, which `syncfs` refuses.)
@@ -835,7 +847,8 @@ mod tests {
         };
         assert!(validate(&manifest).is_err(), "validation alone would refuse this manifest");
         let link = ChainLink { manifest, checksum: String::new() };
-        let err = apply(&[link], &NoPacks, &target, &mut |_, _| {}).expect_err("the write escaped or succeeded");
+        let err = apply(&[link], &NoPacks, &target, &mut |_, _| {}, std::time::Instant::now())
+            .expect_err("the write escaped or succeeded");
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the target");
         let names: Vec<_> = fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");

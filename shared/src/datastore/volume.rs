@@ -204,7 +204,9 @@ impl Datastore for VolumeDatastore {
         tracing::info!(
             manifests_ms = manifests_loaded.duration_since(started).as_millis() as u64,
             apply_ms = manifests_loaded.elapsed().as_millis() as u64,
+            plan_ms = stats.plan_time.as_millis() as u64,
             write_ms = stats.write_time.as_millis() as u64,
+            verify_ms = stats.verify_time.as_millis() as u64,
             sync_ms = stats.sync_time.as_millis() as u64,
             files = stats.files,
             bytes_written = stats.bytes_written,
