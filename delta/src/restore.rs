@@ -289,12 +289,12 @@ fn apply(
     for e in last.entries.iter().rev() {
         tree.set_metadata(e)?;
     }
+    stats.verify_time = verifying.elapsed();
 
     // 6. Durable before it is reported restored: the large files synced in
     // the background, everything else (small files, directories, metadata)
     // with one `syncfs` of the target's filesystem rather than an fsync per
     // entry.
-    stats.verify_time = verifying.elapsed();
     let syncing = std::time::Instant::now();
     syncer.finish()?;
     // (The tree's handles are `O_PATH`, which `syncfs` refuses.)
