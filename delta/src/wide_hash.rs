@@ -229,6 +229,40 @@ macro_rules! rounds {
     }};
 }
 
+/// Runs every block of `$job` through BLAKE3's compression function on the
+/// lane-parallel chaining values `$h`, with the vector operations given
+/// (`set1`, `add`, `xor`; the rotations are the kernel's `rotate_*`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! compress_blocks {
+    ($job:ident, $h:ident, $counter_low:ident, $counter_high:ident, $set1:path, $add:path, $xor:path) => {
+        for b in 0..$job.blocks {
+            let m = message($job.bytes, $job.stride, b);
+            let mut v = [
+                $h[0],
+                $h[1],
+                $h[2],
+                $h[3],
+                $h[4],
+                $h[5],
+                $h[6],
+                $h[7],
+                $set1(IV[0] as i32),
+                $set1(IV[1] as i32),
+                $set1(IV[2] as i32),
+                $set1(IV[3] as i32),
+                $counter_low,
+                $counter_high,
+                $set1(BLOCK_LEN as i32),
+                $set1($job.flags_of(b) as i32),
+            ];
+            rounds!(v, m, $add, $xor, rotate_16, rotate_12, rotate_8, rotate_7);
+            for i in 0..8 {
+                $h[i] = $xor(v[i], v[i + 8]);
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // runtime-detected AVX2 and unaligned 32-byte loads and stores; see each `SAFETY`
 mod avx2 {
@@ -288,31 +322,7 @@ mod avx2 {
         };
         let (counter_low, counter_high) = (counter(0), counter(32));
         let mut h = IV.map(|w| _mm256_set1_epi32(w as i32));
-        for b in 0..job.blocks {
-            let m = message(job.bytes, job.stride, b);
-            let mut v = [
-                h[0],
-                h[1],
-                h[2],
-                h[3],
-                h[4],
-                h[5],
-                h[6],
-                h[7],
-                _mm256_set1_epi32(IV[0] as i32),
-                _mm256_set1_epi32(IV[1] as i32),
-                _mm256_set1_epi32(IV[2] as i32),
-                _mm256_set1_epi32(IV[3] as i32),
-                counter_low,
-                counter_high,
-                _mm256_set1_epi32(BLOCK_LEN as i32),
-                _mm256_set1_epi32(job.flags_of(b) as i32),
-            ];
-            rounds!(v, m, _mm256_add_epi32, _mm256_xor_si256, rotate_16, rotate_12, rotate_8, rotate_7);
-            for i in 0..8 {
-                h[i] = _mm256_xor_si256(v[i], v[i + 8]);
-            }
-        }
+        compress_blocks!(job, h, counter_low, counter_high, _mm256_set1_epi32, _mm256_add_epi32, _mm256_xor_si256);
         transpose(&mut h);
         h.map(|lane| {
             let mut cv = [0u8; 32];
@@ -453,31 +463,7 @@ mod avx512 {
         };
         let (counter_low, counter_high) = (counter(0), counter(32));
         let mut h = IV.map(|w| _mm512_set1_epi32(w as i32));
-        for b in 0..job.blocks {
-            let m = message(job.bytes, job.stride, b);
-            let mut v = [
-                h[0],
-                h[1],
-                h[2],
-                h[3],
-                h[4],
-                h[5],
-                h[6],
-                h[7],
-                _mm512_set1_epi32(IV[0] as i32),
-                _mm512_set1_epi32(IV[1] as i32),
-                _mm512_set1_epi32(IV[2] as i32),
-                _mm512_set1_epi32(IV[3] as i32),
-                counter_low,
-                counter_high,
-                _mm512_set1_epi32(BLOCK_LEN as i32),
-                _mm512_set1_epi32(job.flags_of(b) as i32),
-            ];
-            rounds!(v, m, _mm512_add_epi32, _mm512_xor_si512, rotate_16, rotate_12, rotate_8, rotate_7);
-            for i in 0..8 {
-                h[i] = _mm512_xor_si512(v[i], v[i + 8]);
-            }
-        }
+        compress_blocks!(job, h, counter_low, counter_high, _mm512_set1_epi32, _mm512_add_epi32, _mm512_xor_si512);
         #[allow(clippy::redundant_closure)] // a target-feature function is not a closure
         let mut low = h.map(|x| _mm512_castsi512_si256(x));
         #[allow(clippy::redundant_closure)]
